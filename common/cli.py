@@ -1,0 +1,54 @@
+"""The ``tightdistill`` command line: one subcommand per job, each defined beside the code it runs.
+
+Known user errors (bad config, missing data or model, unreachable cluster, refused request) are
+printed as one line, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from common.config import ConfigError
+from common.datasets import DataError
+from common.model_registry import ModelNotFoundError
+from common.ray_runtime import RayConnectError
+
+# Modules that contribute subcommands through ``register(subparsers)``.
+COMMAND_MODULES = ("teacher_service.cli",)
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, ModelNotFoundError, RayConnectError, FileNotFoundError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="tightdistill",
+        description="Distil slow IR teachers into small dual-encoder students, with the teacher served live on Ray Serve.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int | None] = args.handler
+    from teacher_service.errors import TeacherServiceError
+
+    try:
+        return int(handler(args) or 0)
+    except (*USER_ERRORS, TeacherServiceError) as exc:
+        print(f"tightdistill {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tightdistill {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Connecting to Ray: an embedded local instance by default, or an existing cluster."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import ray
+
+
+class RayConnectError(RuntimeError):
+    """No Ray cluster could be reached at the given address."""
+
+
+def init_ray(address: str | None = None, num_cpus: float | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Start an embedded local Ray bound to 127.0.0.1, or join the cluster at ``address``.
+
+    ``address`` may be ``"auto"`` (the cluster ``ray start`` created on this machine) or
+    ``host:port`` / ``ray://host:port``. Returns Ray's context info.
+    """
+    if ray.is_initialized():
+        return ray.get_runtime_context().__dict__
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    common = {"include_dashboard": False, "log_to_driver": kwargs.pop("log_to_driver", False), "ignore_reinit_error": True}
+    if address:
+        try:
+            return ray.init(address=address, **common, **kwargs).__dict__
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise RayConnectError(f"no Ray cluster reachable at --address {address} ({str(exc).splitlines()[0]}); "
+                                  "start one with `ray start --head` or drop --address to run locally") from None
+    # Loopback only: a laptop run must not open ports on the network.
+    return ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **common, **kwargs).__dict__

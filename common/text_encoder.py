@@ -1,0 +1,195 @@
+"""A Hugging Face encoder with pooling: the building block of dual-encoder teachers and students.
+
+``TextEncoder`` reads sentence-transformers metadata (pooling mode, normalisation, max length) when
+the checkpoint has it, so ``TextEncoder.from_pretrained("minilm-l6")`` reproduces
+``SentenceTransformer("all-MiniLM-L6-v2").encode`` without depending on sentence-transformers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from common.batching import plan_batches
+from common.model_registry import resolve_model
+from common.pooling import get_pooler
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class SentenceTransformersMeta:
+    """Settings a sentence-transformers directory declares about itself."""
+
+    pooling: str | None = None
+    normalize: bool = False
+    max_length: int | None = None
+
+
+def read_st_meta(model_dir: Path) -> SentenceTransformersMeta:
+    """Read pooling / normalisation / max length from a sentence-transformers directory, if it is one."""
+    modules_file = model_dir / "modules.json"
+    if not modules_file.is_file():
+        return SentenceTransformersMeta()
+    modules = json.loads(modules_file.read_text())
+    pooling = None
+    normalize = False
+    for module in modules:
+        kind = module.get("type", "")
+        if kind.endswith("Pooling"):
+            cfg = json.loads((model_dir / module["path"] / "config.json").read_text())
+            if cfg.get("pooling_mode_cls_token"):
+                pooling = "cls"
+            elif cfg.get("pooling_mode_mean_tokens"):
+                pooling = "mean"
+        elif kind.endswith("Normalize"):
+            normalize = True
+    max_length = None
+    st_cfg = model_dir / "sentence_bert_config.json"
+    if st_cfg.is_file():
+        max_length = json.loads(st_cfg.read_text()).get("max_seq_length")
+    return SentenceTransformersMeta(pooling=pooling, normalize=normalize, max_length=max_length)
+
+
+def truncate_layers(model: PreTrainedModel, num_layers: int) -> PreTrainedModel:
+    """Keep the first ``num_layers`` transformer layers, as the papers' small students do."""
+    layers = getattr(getattr(model, "encoder", None), "layer", None)
+    if layers is None:
+        raise ValueError(f"cannot truncate {type(model).__name__}: it has no encoder.layer list")
+    if not 1 <= num_layers <= len(layers):
+        raise ValueError(f"num_layers={num_layers} but the model has {len(layers)} layers")
+    model.encoder.layer = nn.ModuleList(list(layers)[:num_layers])
+    model.config.num_hidden_layers = num_layers
+    return model
+
+
+class TextEncoder(nn.Module):
+    """Encoder + pooling (+ optional L2 normalisation) over tokenised text.
+
+    ``forward`` is differentiable (students train through it); ``encode`` is the batched,
+    length-sorted inference path that returns float32 numpy.
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        tokenizer: PreTrainedTokenizerBase,
+        pooling: str = "mean",
+        normalize: bool = False,
+        max_length: int = 256,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.pool = get_pooler(pooling)
+        self.normalize = normalize
+        self.max_length = max_length
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        reference: str | Path,
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        max_length: int | None = None,
+        num_layers: int | None = None,
+        device: str = "cpu",
+        dtype: str = "float32",
+    ) -> TextEncoder:
+        """Load from a registry name, directory or hub id; unset options come from the checkpoint."""
+        model_dir = resolve_model(reference)
+        meta = read_st_meta(model_dir)
+        model = AutoModel.from_pretrained(model_dir, dtype=DTYPES[dtype])
+        if num_layers is not None:
+            truncate_layers(model, num_layers)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        encoder = cls(
+            model,
+            tokenizer,
+            pooling=pooling or meta.pooling or "mean",
+            normalize=meta.normalize if normalize is None else normalize,
+            max_length=max_length or meta.max_length or 256,
+        )
+        return encoder.to(device)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
+        """Token ids per text, truncated to ``max_length`` (default: the encoder's), unpadded."""
+        limit = max_length or self.max_length
+        out = self.tokenizer(list(texts), truncation=True, max_length=limit, padding=False)
+        return out["input_ids"]
+
+    def collate(self, ids: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        """Right-pad token id lists into ``input_ids`` / ``attention_mask`` tensors on the device."""
+        return pad_token_ids(ids, self.tokenizer.pad_token_id or 0, self.device)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled (and optionally normalised) embeddings ``[n, dim]``."""
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        pooled = self.pool(hidden, attention_mask)
+        return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
+
+    def embed(self, texts: Sequence[str]) -> torch.Tensor:
+        """Differentiable embeddings of a (small) list of texts in one forward pass."""
+        return self(**self.collate(self.tokenize(texts)))
+
+    def iter_batches(
+        self,
+        ids: Sequence[Sequence[int]],
+        token_budget: int,
+        max_batch_size: int,
+        sort: bool = True,
+    ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        """Yield ``(indices, padded batch)`` pairs planned by token budget."""
+        for index in plan_batches([len(x) for x in ids], token_budget, max_batch_size, sort=sort):
+            yield index, self.collate([ids[i] for i in index])
+
+    @torch.inference_mode()
+    def encode(
+        self,
+        texts: Sequence[str],
+        token_budget: int = 16384,
+        max_batch_size: int = 256,
+        sort: bool = True,
+        show_progress: bool = False,
+        desc: str = "encoding",
+        max_length: int | None = None,
+    ) -> np.ndarray:
+        """Embeddings ``[len(texts), dim]`` as float32 numpy, in input order."""
+        ids = self.tokenize(texts, max_length)
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        with tqdm(total=len(ids), disable=not show_progress, desc=desc, unit="text") as bar:
+            for index, batch in self.iter_batches(ids, token_budget, max_batch_size, sort=sort):
+                out[index] = self(**batch).float().cpu().numpy()
+                bar.update(len(index))
+        return out
+
+
+def pad_token_ids(ids: Sequence[Sequence[int]], pad_id: int, device: torch.device | str) -> dict[str, torch.Tensor]:
+    """Right-pad lists of token ids to the longest one."""
+    longest = max((len(x) for x in ids), default=0)
+    input_ids = np.full((len(ids), longest), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), longest), dtype=np.int64)
+    for row, seq in enumerate(ids):
+        input_ids[row, : len(seq)] = seq
+        mask[row, : len(seq)] = 1
+    return {
+        "input_ids": torch.from_numpy(input_ids).to(device),
+        "attention_mask": torch.from_numpy(mask).to(device),
+    }

@@ -1,0 +1,192 @@
+"""The Serve deployment that hosts one frozen teacher, with dynamic batching across requests.
+
+Each request's operation (encode / score / signals) runs in a worker thread against *batched
+primitives*: every ``encode`` or ``forward_pairs`` it needs is queued on a ``@serve.batch``
+method, which merges the texts of all concurrent requests (up to a token budget, Serve's
+``batch_size_fn``) into one length-sorted pass over the model. The model itself runs on a single
+compute thread: a second concurrent forward pass would only fight the first for the same cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from ray import serve
+
+from teacher_service.kinds import Encoded, PairOutput, Teacher, build_teacher
+from teacher_service.schemas import Role, ServiceLimits, check_limits, parse_request
+from teacher_service.spec import TeacherSpec
+
+# Serve measures a batch by this estimate; a text's true token count is only known after
+# tokenisation, which happens in the batch itself.  ~4 characters per token for English BPE/WordPiece.
+CHARS_PER_TOKEN = 4
+MAX_TOKENS_PER_TEXT = 512
+
+
+def estimate_tokens(texts: list[str]) -> int:
+    return sum(min(len(t) // CHARS_PER_TOKEN + 2, MAX_TOKENS_PER_TEXT) for t in texts)
+
+
+@dataclass
+class EncodeJob:
+    texts: list[str]
+    role: Role
+    with_tokens: bool
+    tokens: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = estimate_tokens(self.texts)
+
+
+@dataclass
+class PairJob:
+    queries: list[str]
+    documents: list[str]
+    tokens: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.tokens = estimate_tokens(self.queries) + estimate_tokens(self.documents)
+
+
+def job_tokens(jobs: list[EncodeJob | PairJob]) -> int:
+    """Serve ``batch_size_fn``: a batch's size is its estimated token count."""
+    return sum(job.tokens for job in jobs)
+
+
+def chunk_by_tokens(texts: list[str], budget: int) -> list[tuple[int, int]]:
+    """Split ``texts`` into ``[start, stop)`` ranges of at most ``budget`` estimated tokens each.
+
+    An oversized client request is served in budget-sized pieces rather than refused.
+    """
+    ranges, start, used = [], 0, 0
+    for i, text in enumerate(texts):
+        cost = estimate_tokens([text])
+        if i > start and used + cost > budget:
+            ranges.append((start, i))
+            start, used = i, 0
+        used += cost
+    ranges.append((start, len(texts)))
+    return ranges
+
+
+def run_encode_jobs(teacher: Teacher, jobs: list[EncodeJob]) -> list[Encoded]:
+    """Encode all jobs' texts with one call per (role, tokens) group, then split per job."""
+    groups: dict[tuple[str, bool], list[int]] = defaultdict(list)
+    for i, job in enumerate(jobs):
+        groups[(job.role, job.with_tokens)].append(i)
+    results: list[Encoded | None] = [None] * len(jobs)
+    for (role, with_tokens), members in groups.items():
+        texts = [t for i in members for t in jobs[i].texts]
+        merged = teacher.encode(texts, role, with_tokens)  # type: ignore[arg-type]
+        offset = 0
+        for i in members:
+            n = len(jobs[i].texts)
+            results[i] = merged.take(offset, offset + n)
+            offset += n
+    return results  # type: ignore[return-value]
+
+
+def run_pair_jobs(teacher: Teacher, jobs: list[PairJob]) -> list[PairOutput]:
+    queries = [q for job in jobs for q in job.queries]
+    documents = [d for job in jobs for d in job.documents]
+    merged = teacher.forward_pairs(queries, documents)
+    out, offset = [], 0
+    for job in jobs:
+        n = len(job.queries)
+        sl = slice(offset, offset + n)
+        out.append(PairOutput(
+            merged.scores[sl],
+            None if merged.query_proxy is None else merged.query_proxy[sl],
+            None if merged.document_proxy is None else merged.document_proxy[sl],
+        ))
+        offset += n
+    return out
+
+
+class BatchedPrimitives:
+    """Primitives whose calls (from an operation's worker thread) go through the replica's batchers."""
+
+    def __init__(self, replica: TeacherReplica, loop: asyncio.AbstractEventLoop) -> None:
+        self.replica = replica
+        self.loop = loop
+
+    def _submit(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def encode(self, texts: list[str], role: Role, with_tokens: bool = False) -> Encoded:
+        budget = self.replica.spec.batch_max_tokens
+        futures = [self._submit(self.replica.encode_batch(EncodeJob(texts[a:b], role, with_tokens)))
+                   for a, b in chunk_by_tokens(texts, budget)]
+        return Encoded.concat([f.result() for f in futures])
+
+    def forward_pairs(self, queries: list[str], documents: list[str]) -> PairOutput:
+        budget = self.replica.spec.batch_max_tokens
+        pair_texts = [q + d for q, d in zip(queries, documents)]  # cost of a pair ~ both texts
+        futures = [self._submit(self.replica.pairs_batch(PairJob(queries[a:b], documents[a:b])))
+                   for a, b in chunk_by_tokens(pair_texts, budget)]
+        parts = [f.result() for f in futures]
+        return PairOutput(
+            np.concatenate([p.scores for p in parts]),
+            None if parts[0].query_proxy is None else np.concatenate([p.query_proxy for p in parts]),
+            None if parts[0].document_proxy is None else np.concatenate([p.document_proxy for p in parts]),
+        )
+
+
+@serve.deployment(logging_config={"enable_access_log": False})
+class TeacherReplica:
+    """One replica of one teacher. Addressed by clients through its handle or the HTTP ingress."""
+
+    def __init__(self, spec: dict[str, Any], limits: dict[str, Any]) -> None:
+        self.spec = TeacherSpec.model_validate(spec)
+        self.limits = ServiceLimits.model_validate(limits)
+        threads = self.spec.torch_threads or max(1, int(self.spec.ray_actor_options.get("num_cpus", 1) or 1))
+        torch.set_num_threads(threads)
+        self.teacher = build_teacher(self.spec)
+        self.info = self.teacher.describe()
+        if self.info.max_matrix_pairs is None and self.teacher.kind == "cross_encoder":
+            self.info.max_matrix_pairs = self.limits.max_matrix_pairs
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="teacher-forward")
+        self._ops = ThreadPoolExecutor(max_workers=self.spec.max_ongoing_requests, thread_name_prefix="teacher-op")
+        for batcher in (self.encode_batch, self.pairs_batch):
+            batcher.set_max_batch_size(self.spec.batch_max_tokens)
+            batcher.set_batch_wait_timeout_s(self.spec.batch_wait_timeout_s)
+        self.counters = {"requests": 0, "batches": 0, "jobs": 0, "largest_batch_jobs": 0}
+
+    async def describe(self) -> dict[str, Any]:
+        return self.info.model_dump()
+
+    async def stats(self) -> dict[str, Any]:
+        return {**self.counters, "pid": os.getpid()}
+
+    async def run(self, op: str, payload: Any) -> dict[str, np.ndarray]:
+        """Answer one request: ``op`` in {'encode', 'score', 'signals'}; returns named float32 arrays."""
+        request = parse_request(op, payload)
+        check_limits(request, self.limits)
+        loop = asyncio.get_running_loop()
+        result = await loop.run_in_executor(self._ops, self.teacher.run, request, BatchedPrimitives(self, loop))
+        self.counters["requests"] += 1
+        return result
+
+    def _count_batch(self, jobs: list) -> None:
+        self.counters["batches"] += 1
+        self.counters["jobs"] += len(jobs)
+        self.counters["largest_batch_jobs"] = max(self.counters["largest_batch_jobs"], len(jobs))
+
+    @serve.batch(max_batch_size=32768, batch_wait_timeout_s=0.005, batch_size_fn=job_tokens)
+    async def encode_batch(self, jobs: list[EncodeJob]) -> list[Encoded]:
+        self._count_batch(jobs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._compute, run_encode_jobs, self.teacher, jobs)
+
+    @serve.batch(max_batch_size=32768, batch_wait_timeout_s=0.005, batch_size_fn=job_tokens)
+    async def pairs_batch(self, jobs: list[PairJob]) -> list[PairOutput]:
+        self._count_batch(jobs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._compute, run_pair_jobs, self.teacher, jobs)

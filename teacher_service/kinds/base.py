@@ -1,0 +1,182 @@
+"""The teacher-kind interface: what every frozen teacher (DE, ColBERT, cross-encoder) provides.
+
+A kind implements two *primitives* that hold all the model compute:
+
+* ``encode(texts, role, with_tokens)`` -> :class:`Encoded` (representation-based kinds), and
+* ``forward_pairs(queries, documents)`` -> :class:`PairOutput` (interaction kinds, i.e. CEs);
+
+and the three *operations* clients ask for (``encode``, ``score``, ``signals``) are written once on
+top of a :class:`Primitives` object. In-process the kind is its own primitives; inside a Serve
+replica the primitives are dynamic batchers that merge concurrent requests before calling the
+kind, so both paths run the same operation code and give the same numbers.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Protocol
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from teacher_service.errors import UnsupportedSignal
+from teacher_service.schemas import AnyRequest, EncodeRequest, Role, ScoreRequest, SignalsRequest
+
+Arrays = dict[str, np.ndarray]
+Signal = Literal["scores", "pooled_embeddings", "token_embeddings", "proxy_embeddings"]
+
+
+@dataclass
+class Encoded:
+    """Encodings of ``n`` texts: pooled ``[n, dim]`` and optionally ragged token embeddings.
+
+    Token embeddings are stored flat, ``tokens`` ``[sum(lengths), token_dim]`` with ``lengths``
+    ``[n]``, the layout that crosses process boundaries without Python lists.
+    """
+
+    pooled: np.ndarray
+    tokens: np.ndarray | None = None
+    lengths: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.pooled)
+
+    def take(self, start: int, stop: int) -> Encoded:
+        """Rows ``start:stop`` (used to split a merged batch back into requests)."""
+        if self.tokens is None or self.lengths is None:
+            return Encoded(self.pooled[start:stop])
+        offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+        return Encoded(self.pooled[start:stop], self.tokens[offsets[start] : offsets[stop]], self.lengths[start:stop])
+
+    @staticmethod
+    def concat(parts: list[Encoded]) -> Encoded:
+        pooled = np.concatenate([p.pooled for p in parts])
+        if any(p.tokens is None for p in parts):
+            return Encoded(pooled)
+        return Encoded(pooled, np.concatenate([p.tokens for p in parts]), np.concatenate([p.lengths for p in parts]))
+
+
+@dataclass
+class PairOutput:
+    """Scores of aligned (query, document) pairs, with the CE's proxy embeddings when it has them."""
+
+    scores: np.ndarray  # [n]
+    query_proxy: np.ndarray | None = None  # [n, dim]
+    document_proxy: np.ndarray | None = None  # [n, dim]
+
+
+class TeacherInfo(BaseModel):
+    """What ``GET /v1/teachers`` reports about one teacher."""
+
+    name: str
+    kind: str
+    checkpoint: str
+    dim: int | None = Field(description="Pooled (or proxy) embedding dimension.")
+    token_dim: int | None = Field(None, description="Token embedding dimension (ColBERT).")
+    similarity: str = Field(description="How the teacher scores: dot, cosine, maxsim or cross-attention.")
+    signals: list[str] = Field(description="Signals this teacher can return.")
+    max_query_length: int
+    max_document_length: int
+    matrix_cost: str = Field(description="What an in-batch matrix of B queries x N documents costs.")
+    max_matrix_pairs: int | None = Field(None, description="Largest matrix (queries x documents) accepted, where capped.")
+
+
+class Primitives(Protocol):
+    def encode(self, texts: list[str], role: Role, with_tokens: bool = False) -> Encoded: ...
+
+    def forward_pairs(self, queries: list[str], documents: list[str]) -> PairOutput: ...
+
+
+class Teacher(ABC):
+    """A frozen teacher. Subclasses set ``kind`` and implement their primitives and ``describe``."""
+
+    kind: ClassVar[str]
+    signals_offered: ClassVar[tuple[str, ...]]
+
+    def __init__(self, name: str, checkpoint: str) -> None:
+        self.name = name
+        self.checkpoint = checkpoint
+
+    @abstractmethod
+    def describe(self) -> TeacherInfo: ...
+
+    # --- primitives: default to "not this kind" ------------------------------------------------
+    def encode(self, texts: list[str], role: Role, with_tokens: bool = False) -> Encoded:
+        raise self.unsupported("embeddings (encode)")
+
+    def forward_pairs(self, queries: list[str], documents: list[str]) -> PairOutput:
+        raise self.unsupported("pair forward passes")
+
+    # --- operations ----------------------------------------------------------------------------
+    def run(self, request: AnyRequest, prims: Primitives | None = None) -> Arrays:
+        """Answer a validated request; ``prims`` defaults to this teacher's own (unbatched) ones."""
+        prims = prims or self
+        if isinstance(request, EncodeRequest):
+            return self.op_encode(request, prims)
+        if isinstance(request, ScoreRequest):
+            return self.op_score(request, prims)
+        if isinstance(request, SignalsRequest):
+            return self.op_signals(request, prims)
+        raise TypeError(f"not a teacher request: {type(request).__name__}")
+
+    def op_encode(self, req: EncodeRequest, prims: Primitives) -> Arrays:
+        if req.tokens and "token_embeddings" not in self.signals_offered:
+            raise self.unsupported("token embeddings")
+        enc = prims.encode(req.texts, req.role, with_tokens=req.tokens)
+        return encoded_arrays(enc, "")
+
+    @abstractmethod
+    def op_score(self, req: ScoreRequest, prims: Primitives) -> Arrays: ...
+
+    @abstractmethod
+    def op_signals(self, req: SignalsRequest, prims: Primitives) -> Arrays: ...
+
+    def unsupported(self, what: str) -> UnsupportedSignal:
+        return UnsupportedSignal(
+            f"teacher '{self.name}' ({self.kind}) does not give {what}; it gives: {', '.join(self.signals_offered)}"
+        )
+
+
+def encoded_arrays(enc: Encoded, prefix: str) -> Arrays:
+    """Name an :class:`Encoded`'s arrays for a response (``embeddings`` or ``query_embeddings`` ...)."""
+    key = f"{prefix}_" if prefix else ""
+    out = {f"{key}embeddings": enc.pooled}
+    if enc.tokens is not None:
+        out[f"{key}token_embeddings"] = enc.tokens
+        out[f"{key}token_lengths"] = enc.lengths
+    return out
+
+
+class RepresentationTeacher(Teacher):
+    """A teacher that encodes queries and documents independently (DE, ColBERT).
+
+    The in-batch matrix costs one encoding pass per text plus one similarity computation, never
+    ``B x N`` forward passes.
+    """
+
+    @abstractmethod
+    def score_encoded(self, q: Encoded, d: Encoded, mode: str) -> np.ndarray:
+        """Scores from encodings: ``[n]`` for mode 'pairs', ``[nq, nd]`` for 'matrix'."""
+
+    def _encode_both(self, req: ScoreRequest | SignalsRequest, prims: Primitives, tokens: bool) -> tuple[Encoded, Encoded]:
+        return prims.encode(req.queries, "query", tokens), prims.encode(req.documents, "document", tokens)
+
+    def needs_tokens_to_score(self) -> bool:
+        return False
+
+    def op_score(self, req: ScoreRequest, prims: Primitives) -> Arrays:
+        q, d = self._encode_both(req, prims, self.needs_tokens_to_score())
+        return {"scores": self.score_encoded(q, d, req.mode)}
+
+    def op_signals(self, req: SignalsRequest, prims: Primitives) -> Arrays:
+        if req.tokens and "token_embeddings" not in self.signals_offered:
+            raise self.unsupported("token embeddings")
+        q, d = self._encode_both(req, prims, req.tokens or self.needs_tokens_to_score())
+        out = {"scores": self.score_encoded(q, d, req.mode)}
+        if req.embeddings or req.tokens:
+            if not req.tokens:  # scoring may have needed tokens the caller did not ask for
+                q, d = Encoded(q.pooled), Encoded(d.pooled)
+            out.update(encoded_arrays(q, "query"))
+            out.update(encoded_arrays(d, "document"))
+        return out

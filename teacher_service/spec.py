@@ -1,0 +1,77 @@
+"""Configuration of the teacher service: which teachers, how they scale, and the service limits.
+
+This is the ``args`` block of the Serve application in ``deploy/teachers.yaml``; the same file
+works with ``serve run deploy/teachers.yaml`` and ``tightdistill serve --config ...``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from common.config import StrictModel
+from teacher_service.schemas import ServiceLimits
+
+
+class TeacherSpec(StrictModel):
+    """One frozen teacher, deployed as its own Serve deployment so it scales on its own nodes."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Name clients use to address this teacher.")
+    kind: Literal["dual_encoder", "colbert", "cross_encoder"] = Field(description="Teacher kind.")
+    checkpoint: str = Field(description="Registry name (minilm-l6, mpnet-base), local directory or hub id.")
+    device: str = Field("cpu", description="'cpu', 'cuda' or 'cuda:N'; use with ray_actor_options.num_gpus.")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Weights dtype (half precision on GPUs).")
+    options: dict[str, Any] = Field(default_factory=dict, description="Kind-specific options (pooling, similarity, lengths...).")
+    num_replicas: int | Literal["auto"] = Field(1, description="Replicas, or 'auto' with autoscaling_config.")
+    autoscaling_config: dict[str, Any] | None = Field(None, description="Ray Serve autoscaling settings (min_replicas, max_replicas, ...).")
+    ray_actor_options: dict[str, Any] = Field(default_factory=lambda: {"num_cpus": 1}, description="Resources per replica (num_cpus, num_gpus, resources).")
+    max_ongoing_requests: int = Field(64, ge=1, description="Concurrent requests a replica accepts before queueing.")
+    max_queued_requests: int = Field(256, ge=-1, description="Requests queued per deployment before the service answers 429 (-1: unbounded).")
+    batch_max_tokens: int = Field(32768, ge=1024, description="Dynamic batching: most (estimated) tokens merged into one batch across requests.")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, description="Dynamic batching: how long a batch waits for more requests.")
+    token_budget: int = Field(16384, ge=64, description="Padded tokens per forward pass (length-sorted batching).")
+    torch_threads: int | None = Field(None, ge=1, description="Intra-op threads; default: the replica's num_cpus.")
+
+    @model_validator(mode="after")
+    def _autoscaling_needs_auto(self) -> TeacherSpec:
+        if self.autoscaling_config and self.num_replicas != "auto":
+            raise ValueError("autoscaling_config needs num_replicas: auto")
+        return self
+
+    def deployment_options(self) -> dict[str, Any]:
+        opts: dict[str, Any] = {
+            "name": deployment_name(self.name),
+            "ray_actor_options": self.ray_actor_options,
+            "max_ongoing_requests": self.max_ongoing_requests,
+            "max_queued_requests": self.max_queued_requests,
+        }
+        if self.num_replicas == "auto":
+            opts["autoscaling_config"] = self.autoscaling_config or {"min_replicas": 1, "max_replicas": 2}
+        else:
+            opts["num_replicas"] = self.num_replicas
+        return opts
+
+
+class ServiceConfig(StrictModel):
+    """The teacher service: its teachers and request limits."""
+
+    teachers: list[TeacherSpec] = Field(min_length=1)
+    limits: ServiceLimits = Field(default_factory=ServiceLimits)
+    auth_token_env: str = Field("TIGHTDISTILL_TOKEN", description="Environment variable holding the bearer token; unset or empty means no auth.")
+
+    @field_validator("teachers")
+    @classmethod
+    def _unique_names(cls, teachers: list[TeacherSpec]) -> list[TeacherSpec]:
+        names = [t.name for t in teachers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate teacher names: {', '.join(dupes)}")
+        return teachers
+
+
+def deployment_name(teacher: str) -> str:
+    return f"teacher-{teacher}"
+
+
+APP_NAME = "tightdistill"

@@ -1,0 +1,126 @@
+"""Session fixtures: one Ray instance, tiny checkpoints in real on-disk layouts, one teacher app.
+
+Tiny models keep the suite fast; they are real Hugging Face checkpoints (random weights) with the
+real all-MiniLM-L6-v2 tokenizer, saved in the layouts users point tightdistill at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TEST_TOKEN_ENV = "TIGHTDISTILL_TEST_TOKEN"
+TEST_TOKEN = "s3cret-test-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    from common.model_registry import resolve_model
+
+    return resolve_model("minilm-l6")
+
+
+def save_tiny_bert(path: Path, minilm_dir: Path, seed: int = 0, hidden: int = 32, layers: int = 2,
+                   pooling: str = "mean") -> Path:
+    """A random 2-layer BERT with MiniLM's tokenizer, in the sentence-transformers layout."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=512)
+    BertModel(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
+    (path / "1_Pooling").mkdir(exist_ok=True)
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": hidden,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
+    }))
+    (path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]))
+    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128, "do_lower_case": False}))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> Path:
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"), minilm_dir)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """The one Ray instance of the test session (logical CPUs so Serve and Train both fit)."""
+    import ray
+    from ray import serve
+
+    from common.ray_runtime import init_ray
+
+    init_ray(num_cpus=8)
+    yield
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def http_port(ray_session) -> int:
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config={"enable_access_log": False})
+    return port
+
+
+def teacher_specs(tiny_bert_dir: Path) -> list[dict]:
+    tiny = {"ray_actor_options": {"num_cpus": 0.5}, "batch_wait_timeout_s": 0.05}
+    return [
+        {"name": "tiny", "kind": "dual_encoder", "checkpoint": str(tiny_bert_dir), **tiny},
+        {"name": "tiny-cls-cos", "kind": "dual_encoder", "checkpoint": str(tiny_bert_dir),
+         "options": {"pooling": "cls", "similarity": "cosine", "max_query_length": 16}, **tiny},
+        {"name": "minilm", "kind": "dual_encoder", "checkpoint": "minilm-l6", "ray_actor_options": {"num_cpus": 0.5}},
+    ]
+
+
+@pytest.fixture(scope="session")
+def teacher_app(http_port: int, tiny_bert_dir: Path) -> dict:
+    """The teacher service app ('tightdistill') with tiny and real teachers, on HTTP and handles."""
+    from teacher_service.app import deploy
+    from teacher_service.spec import ServiceConfig
+
+    config = ServiceConfig.model_validate({
+        "teachers": teacher_specs(tiny_bert_dir),
+        "limits": {"max_texts": 64, "max_text_chars": 5000, "max_body_bytes": 200_000, "max_matrix_pairs": 64},
+    })
+    deploy(config, app_name="tightdistill", route_prefix="/", http_options={"host": "127.0.0.1", "port": http_port})
+    return {"url": f"http://127.0.0.1:{http_port}", "config": config, "app_name": "tightdistill"}
+
+
+@pytest.fixture(scope="session")
+def secure_app(http_port: int, tiny_bert_dir: Path) -> dict:
+    """A second app under /secure whose API needs a bearer token."""
+    from teacher_service.app import deploy
+    from teacher_service.spec import ServiceConfig
+
+    os.environ[TEST_TOKEN_ENV] = TEST_TOKEN
+    config = ServiceConfig.model_validate({
+        "teachers": [{"name": "tiny-secure", "kind": "dual_encoder", "checkpoint": str(tiny_bert_dir),
+                      "ray_actor_options": {"num_cpus": 0.25}}],
+        "auth_token_env": TEST_TOKEN_ENV,
+    })
+    deploy(config, app_name="secure", route_prefix="/secure")
+    return {"url": f"http://127.0.0.1:{http_port}/secure", "token": TEST_TOKEN}
