@@ -21,12 +21,20 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, **kwargs
     if ray.is_initialized():
         return ray.get_runtime_context().__dict__
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    common = {"include_dashboard": False, "log_to_driver": kwargs.pop("log_to_driver", False), "ignore_reinit_error": True}
+    # Worker logs stay in Ray's log files unless asked for (TIGHTDISTILL_RAY_LOGS=1): Serve and
+    # Train are chatty, and a run's own progress bars say what a user needs.
+    log_to_driver = kwargs.pop("log_to_driver", os.environ.get("TIGHTDISTILL_RAY_LOGS") == "1")
+    common = {"include_dashboard": False, "log_to_driver": log_to_driver, "ignore_reinit_error": True}
     if address:
         try:
             return ray.init(address=address, **common, **kwargs).__dict__
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise RayConnectError(f"no Ray cluster reachable at --address {address} ({str(exc).splitlines()[0]}); "
                                   "start one with `ray start --head` or drop --address to run locally") from None
+    # Ray's CPUs are logical scheduling units. A teacher replica, Train workers and Ray Data's
+    # small tasks each hold some; on a 2-core laptop their sum exceeds the physical count and
+    # one of them would wait forever, so the embedded instance declares at least 4.
+    if num_cpus is None:
+        num_cpus = max(4, os.cpu_count() or 1)
     # Loopback only: a laptop run must not open ports on the network.
     return ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **common, **kwargs).__dict__

@@ -145,6 +145,29 @@ class HttpTransport:
         return self._pool.submit(self.call, op, request)
 
 
+class LocalTransport:
+    """Teachers in this process, no Ray and no HTTP: offline evaluation and the in-process baseline
+    the benchmarks compare the service against. Requests run one at a time on one thread, as a
+    training loop that calls its teacher inline would."""
+
+    def __init__(self, teachers: list[Any], limits: Any = None) -> None:
+        from teacher_service.schemas import ServiceLimits, check_limits
+
+        self._teachers = {t.name: t for t in teachers}
+        self._limits = limits or ServiceLimits()
+        self._check = check_limits
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="teacher-local")
+
+    def teachers(self) -> list[dict[str, Any]]:
+        return [t.describe().model_dump() for t in self._teachers.values()]
+
+    def submit(self, op: str, request: Any) -> Future:
+        if request.teacher not in self._teachers:
+            raise UnknownTeacher(f"unknown teacher '{request.teacher}'; available: {', '.join(self._teachers)}")
+        self._check(request, self._limits)
+        return self._pool.submit(self._teachers[request.teacher].run, request)
+
+
 class TeacherClient:
     """Ask a teacher for embeddings, scores, or all the signals of a training batch."""
 
@@ -155,6 +178,11 @@ class TeacherClient:
     @classmethod
     def from_serve(cls, app_name: str = APP_NAME, teacher: str | None = None) -> TeacherClient:
         return cls(HandleTransport(app_name), teacher)
+
+    @classmethod
+    def in_process(cls, *teachers: Any) -> TeacherClient:
+        """A client over teachers built in this process (``teacher_service.kinds.build_teacher``)."""
+        return cls(LocalTransport(list(teachers)), teachers[0].name if len(teachers) == 1 else None)
 
     @classmethod
     def from_url(cls, url: str = "http://127.0.0.1:8000", teacher: str | None = None, **kwargs: Any) -> TeacherClient:
@@ -202,6 +230,26 @@ class TeacherClient:
         """Pooled embeddings ``[n, dim]`` (use :meth:`submit_encode` with ``tokens=True`` for token embeddings)."""
         return self.submit_encode(texts, role, teacher=teacher).result()["embeddings"]
 
+    def encode_many(self, texts: list[str], role: Role = "query", teacher: str | None = None, chunk_size: int = 64,
+                    in_flight: int = 4, progress: str | None = None) -> np.ndarray:
+        """Embeddings of any number of texts: sent in chunks, a few in flight so the service's
+        batcher always has work queued; ``progress`` names a tqdm bar (None: no bar)."""
+        from tqdm.auto import tqdm
+
+        chunks = [texts[i : i + chunk_size] for i in range(0, len(texts), chunk_size)]
+        parts: list[np.ndarray] = []
+        pending: list[ResultFuture] = []
+        with tqdm(total=len(texts), desc=progress, unit="text", disable=progress is None) as bar:
+            for chunk in chunks:
+                pending.append(self.submit_encode(chunk, role, teacher=teacher))
+                if len(pending) >= in_flight:
+                    parts.append(pending.pop(0).result()["embeddings"])
+                    bar.update(len(parts[-1]))
+            for future in pending:
+                parts.append(future.result()["embeddings"])
+                bar.update(len(parts[-1]))
+        return np.concatenate(parts) if parts else np.empty((0, 0), dtype=np.float32)
+
     def score(self, queries: list[str], documents: list[str], mode: ScoreMode = "pairs", teacher: str | None = None) -> np.ndarray:
         """``[n]`` scores of aligned pairs, or the ``[nq, nd]`` matrix with ``mode="matrix"``."""
         return self.submit_score(queries, documents, mode, teacher).result()["scores"]
@@ -213,4 +261,4 @@ class TeacherClient:
         return self.submit_signals(queries, documents, mode, embeddings, tokens, teacher).result()
 
 
-__all__ = ["EncodeRequest", "HandleTransport", "HttpTransport", "ScoreRequest", "SignalsRequest", "TeacherClient"]
+__all__ = ["EncodeRequest", "HandleTransport", "HttpTransport", "LocalTransport", "ScoreRequest", "SignalsRequest", "TeacherClient"]

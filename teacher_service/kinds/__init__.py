@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from common.config import parse_config
 from teacher_service.kinds.base import Encoded, PairOutput, Teacher, TeacherInfo
+from teacher_service.kinds.colbert import ColBERTTeacher
+from teacher_service.kinds.cross_encoder import CrossEncoderTeacher
 from teacher_service.kinds.dual_encoder import DualEncoderTeacher
 from teacher_service.spec import TeacherSpec
 
 KINDS: dict[str, type[Teacher]] = {
     DualEncoderTeacher.kind: DualEncoderTeacher,
+    ColBERTTeacher.kind: ColBERTTeacher,
+    CrossEncoderTeacher.kind: CrossEncoderTeacher,
 }
 
 

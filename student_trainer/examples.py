@@ -1,0 +1,97 @@
+"""Training examples: (query, positive, hard negatives) rows, written as parquet for Ray Data.
+
+Negatives are mined once from the teacher's own ranking (its document index and its query
+embeddings, fetched through the service) or drawn at random; training then asks the teacher
+online for the scores of every in-batch pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from common.datasets import BeirDataset
+from student_trainer.config import DataConfig
+from student_trainer.teacher_index import DocEmbeddings
+
+EXAMPLES_SCHEMA = pa.schema([
+    ("query_id", pa.string()),
+    ("query", pa.string()),
+    ("positive_id", pa.string()),
+    ("positive", pa.string()),
+    ("negative_ids", pa.list_(pa.string())),
+    ("negatives", pa.list_(pa.string())),
+])
+
+
+@dataclass
+class QuerySplit:
+    """Training query ids, and the dev ids held out from them for model selection."""
+
+    train: list[str]
+    dev: list[str]
+
+
+def split_queries(dataset: BeirDataset, config: DataConfig, seed: int) -> QuerySplit:
+    if config.train_split is None:
+        return QuerySplit([], [])
+    ids = dataset.split_query_ids(config.train_split)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(ids))
+    dev = sorted(ids[i] for i in order[: config.dev_queries])
+    dev_set = set(dev)
+    train = [q for q in ids if q not in dev_set]
+    if config.max_train_queries:
+        train = train[: config.max_train_queries]
+    return QuerySplit(train, dev)
+
+
+def build_examples(dataset: BeirDataset, query_ids: list[str], config: DataConfig, doc_index: DocEmbeddings,
+                   teacher_query_emb: np.ndarray | None, seed: int) -> pa.Table:
+    """One row per (query, relevant document); ``teacher_query_emb`` rows follow ``query_ids``
+    (needed only for mined negatives)."""
+    if config.train_split is None:
+        raise ValueError("build_examples needs labelled queries (data.train_split)")
+    qrels = dataset.qrels(config.train_split)
+    rng = np.random.default_rng(seed)
+    ranked: list[list[str]] | None = None
+    if config.negatives == "mined" and config.num_negatives:
+        if teacher_query_emb is None:
+            raise ValueError("mined negatives need the teacher's query embeddings")
+        _, ranked = doc_index.index.search(teacher_query_emb, config.mine_top_k)
+    texts = dataset.doc_texts
+    rows: dict[str, list] = {name: [] for name in EXAMPLES_SCHEMA.names}
+    for qi, qid in enumerate(query_ids):
+        relevant = {d for d, grade in qrels.get(qid, {}).items() if grade > 0}
+        if ranked is not None:
+            pool = [d for d in ranked[qi][config.mine_skip_top :] if d not in relevant]
+        else:
+            pool = []
+        for pos in sorted(relevant):
+            negs = _choose_negatives(pool, relevant, dataset, config.num_negatives, rng)
+            rows["query_id"].append(qid)
+            rows["query"].append(dataset.query_text[qid])
+            rows["positive_id"].append(pos)
+            rows["positive"].append(texts[dataset.doc_index[pos]])
+            rows["negative_ids"].append(negs)
+            rows["negatives"].append([texts[dataset.doc_index[d]] for d in negs])
+    table = pa.Table.from_pydict(rows, schema=EXAMPLES_SCHEMA)
+    # Shuffle once, seeded: Ray Data then reads a fixed order, so a resumed run can skip exactly
+    # the batches it has already trained on.
+    return table.take(rng.permutation(table.num_rows))
+
+
+def _choose_negatives(pool: list[str], relevant: set[str], dataset: BeirDataset, n: int,
+                      rng: np.random.Generator) -> list[str]:
+    if n == 0:
+        return []
+    if len(pool) >= n:
+        return [pool[i] for i in sorted(rng.choice(len(pool), size=n, replace=False))]
+    chosen = list(pool)
+    while len(chosen) < n:  # top up at random (mining disabled, or a ranking full of positives)
+        d = dataset.doc_ids[int(rng.integers(len(dataset.doc_ids)))]
+        if d not in relevant and d not in chosen:
+            chosen.append(d)
+    return chosen

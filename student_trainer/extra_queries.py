@@ -1,0 +1,39 @@
+"""Extra queries for embedding matching (EmbedDistill §4.3), drawn from the corpus without a model.
+
+Embedding matching needs no labels, so any query-like text aligns the student with the teacher
+where training queries are sparse. This model-free generator takes titles, single sentences and
+short word spans from the documents — always available, unlike a BART query generator.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from common.datasets import BeirDataset
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def corpus_pseudo_queries(dataset: BeirDataset, max_queries: int, seed: int, min_words: int = 4,
+                          max_words: int = 24) -> list[str]:
+    """Up to ``max_queries`` distinct pseudo-queries: titles, sentences and word spans of documents."""
+    rng = np.random.default_rng(seed)
+    titles = dataset.corpus.column("title").to_pylist()
+    texts = dataset.corpus.column("text").to_pylist()
+    candidates: list[str] = []
+    for title, text in zip(titles, texts):
+        if title and len(title.split()) >= min_words:
+            candidates.append(title.strip())
+        sentences = [s for s in _SENTENCE.split(text) if min_words <= len(s.split()) <= max_words]
+        if sentences:
+            candidates.append(sentences[int(rng.integers(len(sentences)))].strip())
+        words = text.split()
+        if len(words) >= 2 * min_words:
+            length = int(rng.integers(min_words, min(max_words, len(words)) + 1))
+            start = int(rng.integers(0, len(words) - length + 1))
+            candidates.append(" ".join(words[start : start + length]))
+    unique = list(dict.fromkeys(c for c in candidates if c))
+    order = rng.permutation(len(unique))[:max_queries]
+    return [unique[i] for i in order]

@@ -1,0 +1,131 @@
+"""Dual-encoder students: symmetric, or asymmetric with the teacher's frozen document embeddings.
+
+* **Symmetric** (EmbedDistill §4.1): one small encoder for queries and documents.
+* **Asymmetric** ("inherit doc embeddings", EmbedDistill Table 1 and 3): a small trainable query
+  encoder; documents keep the teacher's embeddings, computed once through the teacher service.
+  Serving then costs only the small query encoder.
+
+A learned linear projection maps student embeddings into the teacher's space when the dimensions
+differ (EmbedDistill Eq. 7-8's ``proj``); it starts as the identity when they match, so a student
+cut from the teacher starts where the teacher is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from common.config import StrictModel
+from common.scoring import similarity_fns
+from common.text_encoder import TextEncoder
+
+
+class StudentConfig(StrictModel):
+    """What the student is and how it scores."""
+
+    model: str = Field("minilm-l6", description="Encoder to start from: registry name, local directory or hub id.")
+    num_layers: int | None = Field(2, ge=1, description="Keep the first k transformer layers (None: all).")
+    pooling: Literal["cls", "mean"] | None = Field(None, description="Pooling; default: the checkpoint's.")
+    normalize: bool | None = Field(None, description="L2-normalise embeddings; default: the checkpoint's.")
+    asymmetric: bool = Field(True, description="Inherit the teacher's document embeddings; train only a query encoder.")
+    projection: Literal["auto", "always", "none"] = Field(
+        "auto", description="Linear map to the teacher's dimension: 'auto' adds one when the dimensions differ.")
+    similarity: Literal["dot", "cosine"] = Field("dot", description="Student score function (match the teacher's).")
+    score_scale: float = Field(4.0, gt=0, description=(
+        "Multiplier on student scores before softmax-based losses. Normalised embeddings give scores in [-1, 1]: "
+        "without a scale the student's in-batch distribution cannot become as sharp as the teacher's "
+        "softmax(s/tau); 1/tau (4.0 for tau=0.25) puts both on the same footing."))
+    max_query_length: int = Field(64, ge=4, description="Query truncation, in tokens.")
+    max_document_length: int = Field(256, ge=4, description="Document truncation (symmetric students).")
+
+
+@dataclass
+class StudentOutput:
+    """Projected embeddings (in the teacher's space) and scaled in-batch scores."""
+
+    query_embeddings: torch.Tensor  # [Bq, teacher_dim]
+    document_embeddings: torch.Tensor | None  # [N, teacher_dim]; None when not computed
+    scores: torch.Tensor | None  # [B, N] = score_scale * sim(q[:B], d)
+
+
+class DualEncoderStudent(nn.Module):
+    """A small dual-encoder whose outputs live in the teacher's embedding space."""
+
+    def __init__(self, config: StudentConfig, teacher_dim: int) -> None:
+        super().__init__()
+        self.config = config
+        self.query_encoder = TextEncoder.from_pretrained(
+            config.model, pooling=config.pooling, normalize=config.normalize,
+            max_length=config.max_document_length, num_layers=config.num_layers,
+        )
+        # HF's pooler head (BERT's tanh [CLS] layer) is not part of our pooling; frozen, it stays
+        # out of DDP's gradient reduction, which otherwise fails on parameters without gradients.
+        for name, param in self.query_encoder.model.named_parameters():
+            if name.startswith("pooler."):
+                param.requires_grad_(False)
+        # Symmetric students share one encoder; asymmetric ones never encode documents.
+        self.teacher_dim = teacher_dim
+        student_dim = self.query_encoder.dim
+        if config.projection == "always" or (config.projection == "auto" and student_dim != teacher_dim):
+            self.projection: nn.Module = nn.Linear(student_dim, teacher_dim)
+            if student_dim == teacher_dim:
+                nn.init.eye_(self.projection.weight)
+                nn.init.zeros_(self.projection.bias)
+        else:
+            if student_dim != teacher_dim:
+                raise ValueError(f"student dim {student_dim} != teacher dim {teacher_dim}: set projection to 'auto' or 'always'")
+            self.projection = nn.Identity()
+        self._matrix, _ = similarity_fns(config.similarity)
+
+    @property
+    def asymmetric(self) -> bool:
+        return self.config.asymmetric
+
+    def embed_queries(self, texts: list[str]) -> torch.Tensor:
+        """Projected query embeddings ``[n, teacher_dim]`` (differentiable)."""
+        enc = self.query_encoder
+        batch = enc.collate(enc.tokenize(texts, self.config.max_query_length))
+        return self.projection(enc(**batch))
+
+    def embed_documents(self, texts: list[str]) -> torch.Tensor:
+        """Projected document embeddings ``[n, teacher_dim]`` (symmetric students only)."""
+        if self.asymmetric:
+            raise RuntimeError("an asymmetric student does not encode documents: it uses the teacher's document index")
+        enc = self.query_encoder
+        return self.projection(enc(**enc.collate(enc.tokenize(texts, self.config.max_document_length))))
+
+    def score(self, queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
+        """Scaled in-batch scores ``[nq, nd]`` from projected embeddings."""
+        return self.config.score_scale * self._matrix(queries, documents)
+
+    def forward(self, queries: list[str], num_scored: int, documents: list[str] | None = None,
+                document_embeddings: torch.Tensor | None = None) -> StudentOutput:
+        """Embed ``queries`` (the first ``num_scored`` take part in scoring, the rest are extra
+        queries for embedding matching only) and score them against the in-batch documents,
+        given as texts (symmetric) or as the teacher's embeddings (asymmetric)."""
+        q = self.embed_queries(queries)
+        if documents is not None and not self.asymmetric:
+            d = self.embed_documents(documents)
+        else:
+            d = document_embeddings
+        scores = None if d is None else self.score(q[:num_scored], d)
+        return StudentOutput(q, None if self.asymmetric else d, scores)
+
+    @torch.inference_mode()
+    def encode_queries(self, texts: list[str], batch_size: int = 256) -> "torch.Tensor":
+        """Inference: projected query embeddings as a float32 tensor, in input order."""
+        was_training = self.training
+        self.eval()
+        out = torch.cat([self.embed_queries(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)])
+        self.train(was_training)
+        return out.float()
+
+    def parameter_counts(self) -> dict[str, int]:
+        enc = sum(p.numel() for p in self.query_encoder.parameters())
+        non_embedding = enc - sum(p.numel() for p in self.query_encoder.model.embeddings.parameters())
+        proj = sum(p.numel() for p in self.projection.parameters())
+        return {"query_encoder": enc, "query_encoder_non_embedding": non_embedding, "projection": proj}

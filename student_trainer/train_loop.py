@@ -1,0 +1,224 @@
+"""The per-worker training loop run by Ray Train's ``TorchTrainer`` (DDP across workers).
+
+Each worker reads its shard of examples with Ray Data, asks the teacher service for each batch's
+signals online, and sends the request for batch ``t+1`` before it computes step ``t``, so teacher
+and student work at the same time. Checkpoints (student, projection, optimizer, scheduler, step)
+every ``checkpoint_every`` steps; metrics reported every ``report_every`` steps. A restarted
+worker resumes from the last checkpoint and skips exactly the batches already trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import ray.train
+import torch
+from ray.train import Checkpoint
+
+from student_trainer.config import RunConfig
+from student_trainer.losses import DistillBatch, build_loss
+from student_trainer.students import DualEncoderStudent
+from student_trainer.teacher_index import DocEmbeddings
+from student_trainer.teacher_signals import Pending, TeacherSignalSource, TrainBatch, as_tensor
+from teacher_service.client import TeacherClient
+
+CHECKPOINT_FILES = ("student.pt", "optimizer.pt", "scheduler.pt", "state.json")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint exists but cannot be used; never silently restart from step 0."""
+
+
+def to_train_batch(rows: dict[str, np.ndarray], num_negatives: int, extra: list[str]) -> TrainBatch:
+    doc_ids, documents = [], []
+    for pos_id, pos, neg_ids, negs in zip(rows["positive_id"], rows["positive"], rows["negative_ids"], rows["negatives"]):
+        doc_ids += [str(pos_id), *map(str, neg_ids[:num_negatives])]
+        documents += [str(pos), *map(str, negs[:num_negatives])]
+    return TrainBatch([str(q) for q in rows["query"]], extra, doc_ids, documents, num_negatives)
+
+
+def build_optimizer(student: DualEncoderStudent, run: RunConfig, total_steps: int):
+    cfg = run.train
+    groups = [
+        {"params": [p for p in student.query_encoder.parameters() if p.requires_grad], "lr": cfg.lr},
+        {"params": list(student.projection.parameters()), "lr": cfg.projection_lr or cfg.lr},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
+    warmup = max(1, int(cfg.warmup_ratio * total_steps))
+
+    def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
+def save_checkpoint(path: Path, student: DualEncoderStudent, optimizer, scheduler, state: dict[str, Any]) -> None:
+    torch.save(student.state_dict(), path / "student.pt")
+    torch.save(optimizer.state_dict(), path / "optimizer.pt")
+    torch.save(scheduler.state_dict(), path / "scheduler.pt")
+    (path / "state.json").write_text(json.dumps(state))
+
+
+def load_checkpoint(checkpoint: Checkpoint, student: DualEncoderStudent, optimizer=None, scheduler=None) -> dict[str, Any]:
+    """Restore a checkpoint in place; a missing or corrupt file is a :class:`CheckpointError`."""
+    with checkpoint.as_directory() as d:
+        path = Path(d)
+        needed = CHECKPOINT_FILES if optimizer is not None else ("student.pt", "state.json")
+        missing = [f for f in needed if not (path / f).is_file()]
+        if missing:
+            raise CheckpointError(f"checkpoint {checkpoint.path} is incomplete: missing {', '.join(missing)}")
+        try:
+            student.load_state_dict(torch.load(path / "student.pt", map_location="cpu"))
+            if optimizer is not None:
+                optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu"))
+                scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu"))
+            return json.loads((path / "state.json").read_text())
+        except (RuntimeError, ValueError, OSError, EOFError, KeyError) as exc:
+            raise CheckpointError(f"checkpoint {checkpoint.path} is corrupt ({type(exc).__name__}: {str(exc)[:200]}); "
+                                  "delete it to start over, or point the run at an intact one") from None
+
+
+def with_prefetch(batches: Iterator[TrainBatch], source: TeacherSignalSource, prefetch: bool) -> Iterator[Pending]:
+    """Yield batches with their teacher request already sent; with ``prefetch`` the *next*
+    batch's request goes out before the current one is handed to the step."""
+    if not prefetch:
+        for batch in batches:
+            yield source.submit(batch)
+        return
+    pending: Pending | None = None
+    for batch in batches:
+        upcoming = source.submit(batch)
+        if pending is not None:
+            yield pending
+        pending = upcoming
+    if pending is not None:
+        yield pending
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
+    run = RunConfig.model_validate(loop_config["run"])
+    cfg = run.train
+    ctx = ray.train.get_context()
+    rank = ctx.get_world_rank()
+    torch.set_num_threads(cfg.torch_threads)
+    torch.manual_seed(cfg.seed)  # same initial projection on every worker (DDP also broadcasts)
+
+    teacher_info = loop_config["teacher_info"]
+    student = DualEncoderStudent(run.student, teacher_dim=teacher_info["dim"])
+    student.train()
+    model = ray.train.torch.prepare_model(student)  # DDP wrapper; `student` stays the plain module
+    total_steps = loop_config["total_steps"]
+    optimizer, scheduler = build_optimizer(student, run, total_steps)
+    loss_fn = build_loss(cfg.losses)
+
+    state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "history": []}
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, student, optimizer, scheduler)
+
+    ids, emb = ray.get(loop_config["doc_index_ref"]) if loop_config.get("doc_index_ref") is not None else (None, None)
+    doc_index = DocEmbeddings(ids, emb) if ids is not None else None
+    extra_pool: list[str] = ray.get(loop_config["extra_queries_ref"]) if loop_config.get("extra_queries_ref") is not None else []
+    n_extra = int(round(run.data.extra_query_ratio * cfg.batch_size)) if extra_pool else 0
+
+    client = TeacherClient.from_url(run.teacher.url) if run.teacher.url else TeacherClient.from_serve(run.teacher.app_name)
+    source = TeacherSignalSource(client, run.teacher.teacher, teacher_info, doc_index,
+                                 want_query_embeddings="query_embedding" in cfg.losses, timeout_s=run.teacher.timeout_s)
+    k = run.data.num_negatives
+    labels = DistillBatch.layout_labels(cfg.batch_size, k)
+    shard = ray.train.get_dataset_shard("train")
+    history: list[dict[str, Any]] = state["history"]
+    board = loop_config.get("progress_board")
+    window: dict[str, list[float]] = {}
+
+    def batches(epoch: int, skip: int) -> Iterator[TrainBatch]:
+        for i, rows in enumerate(shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy", drop_last=True)):
+            if i < skip:
+                continue  # already trained on before the restart
+            rng = np.random.default_rng([cfg.seed, rank, epoch, i])
+            extra = [extra_pool[j] for j in rng.choice(len(extra_pool), n_extra, replace=False)] if n_extra else []
+            yield to_train_batch(rows, k, extra)
+
+    step = state["global_step"]
+    for epoch in range(state["epoch"], cfg.epochs):
+        skip = state["step_in_epoch"] if epoch == state["epoch"] else 0
+        for i, pending in enumerate(with_prefetch(batches(epoch, skip), source, cfg.prefetch), start=skip):
+            if step >= total_steps:
+                break
+            t0 = time.perf_counter()
+            signals = source.collect(pending)
+            t_teacher = time.perf_counter() - t0
+            tb = pending.batch
+            doc_emb_t = as_tensor(signals.document_embeddings) if signals.document_embeddings is not None else None
+            out = model(tb.all_queries, len(tb.queries), documents=tb.documents,
+                        document_embeddings=doc_emb_t if student.asymmetric else None)
+            q_t = signals.query_embeddings
+            batch = DistillBatch(
+                student_scores=out.scores, labels=labels,
+                teacher_scores=as_tensor(signals.scores),
+                student_query_emb=out.query_embeddings if q_t is not None else None,
+                teacher_query_emb=as_tensor(q_t) if q_t is not None else None,
+                student_doc_emb=out.document_embeddings if doc_emb_t is not None else None,
+                teacher_doc_emb=doc_emb_t if out.document_embeddings is not None else None,
+                num_negatives=k,
+            )
+            loss = loss_fn(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            for name, value in {"loss": loss.item(), **loss_fn.last_terms, "teacher_wait_s": t_teacher,
+                                "step_s": time.perf_counter() - t0}.items():
+                window.setdefault(name, []).append(float(value))
+            state = {"global_step": step, "epoch": epoch, "step_in_epoch": i + 1, "history": history}
+            if board is not None and rank == 0:
+                board.post.remote(step, {"loss": loss.item()})
+            final = step >= total_steps
+            if step % cfg.report_every == 0 or step % cfg.checkpoint_every == 0 or final:
+                metrics = {name: float(np.mean(v)) for name, v in window.items()}
+                metrics.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0], teacher_requests=source.requests_sent)
+                history.append(metrics)
+                window = {}
+                _report(metrics, state, student, optimizer, scheduler, rank,
+                        with_checkpoint=step % cfg.checkpoint_every == 0 or final)
+        if step >= total_steps:
+            break
+        state["step_in_epoch"] = 0
+    return {"global_step": step, "history": history, "teacher_requests": source.requests_sent}
+
+
+def _report(metrics: dict[str, Any], state: dict[str, Any], student, optimizer, scheduler, rank: int,
+            with_checkpoint: bool) -> None:
+    if not with_checkpoint:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        if rank == 0:  # DDP keeps replicas identical: one copy is enough
+            save_checkpoint(Path(tmp), student, optimizer, scheduler, state)
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if rank == 0 else None)
+
+
+def steps_per_epoch(num_examples: int, batch_size: int, num_workers: int) -> int:
+    return (num_examples // num_workers) // batch_size
+
+
+def total_training_steps(run: RunConfig, num_examples: int) -> int:
+    per_epoch = steps_per_epoch(num_examples, run.train.batch_size, run.train.num_workers)
+    if per_epoch < 1:
+        raise ValueError(f"{num_examples} examples are too few for batch_size {run.train.batch_size} x "
+                         f"{run.train.num_workers} workers")
+    total = per_epoch * run.train.epochs
+    return min(total, run.train.max_steps) if run.train.max_steps else total
+
+

@@ -1,0 +1,334 @@
+"""ColBERT and cross-encoder teachers through the real service, checked against direct computations.
+
+The checkpoints are tiny (random weights, MiniLM's tokenizer) but saved in the on-disk layouts
+users have: a ColBERTv2 ``HF_ColBERT`` directory, a sentence-transformers ``CrossEncoder``
+directory, and a dual-pooled CE directory as ``tightdistill train-teacher --kind ce`` writes it.
+The references below recompute everything with plain transformers + torch, by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
+
+from teacher_service.arrow_io import ARROW_STREAM, ipc_to_arrays
+from teacher_service.client import TeacherClient
+from teacher_service.errors import RequestTooLarge, UnsupportedSignal
+from teacher_service.kinds import build_teacher
+from teacher_service.schemas import parse_request
+from teacher_service.spec import ServiceConfig, TeacherSpec
+
+APP = "kinds"
+QUERIES = ["how are glacier caves formed?", "what do vaccines do", "who wrote hamlet"]
+DOCS = [
+    "A glacier cave is a cave formed within the ice of a glacier.",
+    "The stock market fell sharply on Monday!",
+    "Vaccines train the immune system to recognise a pathogen.",
+    "Penguins live in the southern hemisphere.",
+    "Hamlet is a tragedy, written by William Shakespeare.",
+    "Photosynthesis converts light into chemical energy.",
+]
+COLBERT_META = {"query_maxlen": 12, "doc_maxlen": 40, "dim": 16, "similarity": "cosine", "mask_punctuation": True,
+                "attend_to_mask_tokens": False, "query_token_id": "[unused0]", "doc_token_id": "[unused1]"}
+DUAL_META = {"pooling": "special_token", "score_scale": 0.25}
+
+
+# --- checkpoints in their real on-disk layouts -------------------------------------------------
+def tiny_config(**extra) -> BertConfig:
+    return BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=64, max_position_embeddings=512, **extra)
+
+
+def save_colbert_checkpoint(path: Path, minilm_dir: Path, dim: int = 16, seed: int = 1) -> Path:
+    """A ColBERTv2 ``HF_ColBERT`` directory: encoder under ``bert.``, ``linear.weight`` beside it."""
+    torch.manual_seed(seed)
+    config = tiny_config()
+    state = {f"bert.{k}": v.contiguous() for k, v in BertModel(config).state_dict().items()}
+    state["linear.weight"] = torch.randn(dim, config.hidden_size) / config.hidden_size**0.5
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+    config.architectures = ["HF_ColBERT"]
+    config.save_pretrained(path)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
+    (path / "artifact.metadata").write_text(json.dumps({**COLBERT_META, "dim": dim}))
+    return path
+
+
+def save_cross_encoder(path: Path, minilm_dir: Path, seed: int = 2, ce_meta: dict | None = None) -> Path:
+    """A sentence-transformers ``CrossEncoder`` directory (optionally with tightdistill_ce.json)."""
+    torch.manual_seed(seed)
+    BertForSequenceClassification(tiny_config(num_labels=1)).save_pretrained(path)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
+    config = json.loads((path / "config.json").read_text())
+    config["sentence_transformers"] = {"activation_fn": "torch.nn.modules.activation.Sigmoid", "version": "4.1.0"}
+    (path / "config.json").write_text(json.dumps(config))
+    if ce_meta is not None:
+        (path / "tightdistill_ce.json").write_text(json.dumps(ce_meta))
+    return path
+
+
+# --- the service -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("kinds")
+    return {
+        "colbert": save_colbert_checkpoint(root / "colbert", minilm_dir),
+        "ce": save_cross_encoder(root / "ce", minilm_dir),
+        "ce-dual": save_cross_encoder(root / "ce-dual", minilm_dir, seed=3, ce_meta=DUAL_META),
+    }
+
+
+@pytest.fixture(scope="module")
+def kinds_app(http_port: int, checkpoints: dict[str, Path]) -> dict:
+    from teacher_service.app import deploy
+
+    common = {"ray_actor_options": {"num_cpus": 0.25}, "batch_wait_timeout_s": 0.05}
+    config = ServiceConfig.model_validate({"teachers": [
+        {"name": "colbert", "kind": "colbert", "checkpoint": str(checkpoints["colbert"]), **common},
+        {"name": "colbert-minilm", "kind": "colbert", "checkpoint": "minilm-l6", "options": {"zero_shot": True}, **common},
+        {"name": "ce", "kind": "cross_encoder", "checkpoint": str(checkpoints["ce"]), "options": {"max_matrix_pairs": 12}, **common},
+        {"name": "ce-dual", "kind": "cross_encoder", "checkpoint": str(checkpoints["ce-dual"]), **common},
+    ]})
+    deploy(config, app_name=APP, route_prefix="/kinds", http_options={"host": "127.0.0.1", "port": http_port})
+    return {"url": f"http://127.0.0.1:{http_port}/kinds", "config": config}
+
+
+@pytest.fixture(scope="module")
+def handle_client(kinds_app) -> TeacherClient:
+    return TeacherClient.from_serve(APP)
+
+
+@pytest.fixture(scope="module")
+def http_client(kinds_app) -> TeacherClient:
+    return TeacherClient.from_url(kinds_app["url"], retries=1)
+
+
+@pytest.fixture(scope="module")
+def local_teachers(kinds_app, checkpoints) -> dict:
+    """The tiny teachers built in-process: the unbatched reference.
+
+    Segment pooling is only checked in-process (same operation code as a replica, see
+    test_concurrent_requests_equal_unbatched): one replica fewer keeps the module's start-up short.
+    """
+    seg = TeacherSpec(name="ce-seg", kind="cross_encoder", checkpoint=str(checkpoints["ce-dual"]), options={"pooling": "segment_mean"})
+    specs = [s for s in kinds_app["config"].teachers if s.checkpoint != "minilm-l6"] + [seg]
+    return {s.name: build_teacher(s) for s in specs}
+
+
+def local(local_teachers, name, op, **payload):
+    return local_teachers[name].run(parse_request(op, {"teacher": name, **payload}))
+
+
+# --- hand-written references -------------------------------------------------------------------
+def colbert_reference(model_dir: Path, queries: list[str], docs: list[str]) -> tuple[np.ndarray, list[int]]:
+    """MaxSim matrix ``[nq, nd]`` computed text by text with explicit loops, plus each doc's kept count."""
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    state = load_file(str(model_dir / "model.safetensors"))
+    linear = state.pop("linear.weight")
+    bert = BertModel(BertConfig.from_pretrained(model_dir)).eval()
+    bert.load_state_dict({k.removeprefix("bert."): v for k, v in state.items()})
+    meta = json.loads((model_dir / "artifact.metadata").read_text())
+    q_marker, d_marker = tok.convert_tokens_to_ids([meta["query_token_id"], meta["doc_token_id"]])
+    punct = {tok.encode(p, add_special_tokens=False)[0] for p in string.punctuation}
+
+    def embed(ids: list[int], attended: int) -> torch.Tensor:
+        with torch.no_grad():
+            mask = torch.tensor([[1] * attended + [0] * (len(ids) - attended)])
+            hidden = bert(input_ids=torch.tensor([ids]), attention_mask=mask).last_hidden_state[0]
+        return torch.nn.functional.normalize(hidden @ linear.T, dim=-1)
+
+    q_embs = []
+    for q in queries:
+        ids = tok.encode(q, truncation=True, max_length=meta["query_maxlen"] - 1)
+        ids = [ids[0], q_marker, *ids[1:]]
+        real = len(ids)
+        ids += [tok.mask_token_id] * (meta["query_maxlen"] - real)  # query augmentation, not attended
+        q_embs.append(embed(ids, real))
+    d_embs = []
+    for d in docs:
+        ids = tok.encode(d, truncation=True, max_length=meta["doc_maxlen"] - 1)
+        ids = [ids[0], d_marker, *ids[1:]]
+        emb = embed(ids, len(ids))
+        d_embs.append(emb[[i for i, t in enumerate(ids) if t not in punct]])
+    scores = np.zeros((len(queries), len(docs)), dtype=np.float32)
+    for a, qe in enumerate(q_embs):
+        for b, de in enumerate(d_embs):
+            scores[a, b] = sum(max(float(qv @ dv) for dv in de) for qv in qe)
+    return scores, [len(d) for d in d_embs]
+
+
+def ce_reference(model_dir: Path, queries: list[str], docs: list[str], pooling: str) -> np.ndarray:
+    """Scores of aligned pairs, one unpadded forward pass each."""
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    scores = []
+    if pooling == "cls":
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    else:
+        model = BertModel.from_pretrained(model_dir).eval()
+        scale = json.loads((model_dir / "tightdistill_ce.json").read_text())["score_scale"]
+    for q, d in zip(queries, docs):
+        enc = tok(q, d, return_tensors="pt")
+        with torch.no_grad():
+            if pooling == "cls":
+                scores.append(model(**enc).logits[0, 0].item())
+                continue
+            hidden = model(**enc).last_hidden_state[0]
+        ids = enc["input_ids"][0].tolist()
+        sep = ids.index(tok.sep_token_id)
+        if pooling == "special_token":
+            emb_q, emb_d = hidden[0], hidden[sep]
+        else:  # segment means: query tokens between [CLS] and [SEP], document tokens before the last [SEP]
+            emb_q, emb_d = hidden[1:sep].mean(0), hidden[sep + 1 : len(ids) - 1].mean(0)
+        scores.append(scale * float(emb_q @ emb_d))
+    return np.array(scores, dtype=np.float32)
+
+
+# --- tests -------------------------------------------------------------------------------------
+def test_teachers_describe_themselves(http_client, handle_client):
+    infos = {t["name"]: t for t in http_client.teachers()}
+    colbert = infos["colbert"]
+    assert (colbert["kind"], colbert["similarity"], colbert["dim"], colbert["token_dim"]) == ("colbert", "maxsim", 16, 16)
+    assert colbert["signals"] == ["scores", "pooled_embeddings", "token_embeddings"]
+    assert (colbert["max_query_length"], colbert["max_document_length"]) == (12, 40)  # from artifact.metadata
+    assert "MaxSim" in colbert["matrix_cost"]
+    assert infos["colbert-minilm"]["token_dim"] == 384  # zero-shot: raw MiniLM token states
+    ce, dual = infos["ce"], infos["ce-dual"]
+    assert (ce["kind"], ce["similarity"], ce["dim"], ce["signals"]) == ("cross_encoder", "cross-attention", None, ["scores"])
+    assert ce["matrix_cost"] == "B x N forward passes over (query, document) pairs" and ce["max_matrix_pairs"] == 12
+    assert (dual["dim"], dual["signals"], dual["max_matrix_pairs"]) == (32, ["scores", "proxy_embeddings"], 4096)
+    assert handle_client.teachers() == http_client.teachers()
+
+
+def test_colbert_maxsim_matches_hand_computation(handle_client, checkpoints):
+    ref, _ = colbert_reference(checkpoints["colbert"], QUERIES, DOCS)
+    got = handle_client.score(QUERIES, DOCS, mode="matrix", teacher="colbert")
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    pairs = handle_client.score(QUERIES, DOCS[:3], mode="pairs", teacher="colbert")
+    np.testing.assert_allclose(pairs, np.diag(got[:, :3]), rtol=1e-5, atol=1e-5)
+
+
+def test_colbert_tokens_over_http_arrow(kinds_app, checkpoints, http_client):
+    body = {"teacher": "colbert", "texts": ["a , b .", "a b", DOCS[4]], "role": "document", "tokens": True}
+    resp = requests.post(kinds_app["url"] + "/v1/encode", json=body, headers={"Accept": ARROW_STREAM}, timeout=60)
+    assert resp.headers["content-type"].startswith(ARROW_STREAM), resp.text
+    arrays = ipc_to_arrays(resp.content)
+    lengths = arrays["token_lengths"]
+    tok = AutoTokenizer.from_pretrained(checkpoints["colbert"])
+    with_punct = len(tok.encode("a , b .")) + 1  # + the [D] marker
+    assert lengths[0] == lengths[1] == 5 < with_punct  # [CLS] [D] a b [SEP]: the comma and full stop are gone
+    assert lengths[2] == colbert_reference(checkpoints["colbert"], QUERIES[:1], DOCS[4:5])[1][0]
+    assert arrays["token_embeddings"].shape == (lengths.sum(), 16) and arrays["embeddings"].shape == (3, 16)
+    np.testing.assert_allclose(np.linalg.norm(arrays["token_embeddings"], axis=1), 1.0, atol=1e-5)
+    # Pooled = mean of the kept token embeddings.
+    np.testing.assert_allclose(arrays["embeddings"][0], arrays["token_embeddings"][:5].mean(0), atol=1e-6)
+
+    signals = http_client.signals(QUERIES, DOCS, tokens=True, teacher="colbert")
+    assert (signals["query_token_lengths"] == 12).all()  # queries keep all query_maxlen positions ([MASK] augmentation)
+    assert signals["query_token_embeddings"].shape == (3 * 12, 16)
+    assert signals["document_token_lengths"].sum() == len(signals["document_token_embeddings"])
+
+
+def test_ce_scores_match_direct_logits(handle_client, checkpoints):
+    got = handle_client.score(QUERIES, DOCS[:3], mode="pairs", teacher="ce")
+    np.testing.assert_allclose(got, ce_reference(checkpoints["ce"], QUERIES, DOCS[:3], "cls"), rtol=1e-4, atol=1e-5)
+    matrix = handle_client.score(QUERIES, DOCS[:4], mode="matrix", teacher="ce")  # 12 pairs: at the limit
+    assert matrix.shape == (3, 4)
+    np.testing.assert_allclose(np.diag(matrix[:, :3]), got, rtol=1e-5, atol=1e-5)
+
+
+def test_dual_pooled_scores_and_proxies(handle_client, checkpoints):
+    """Special-token pooling (from tightdistill_ce.json) through the service; proxies per the documented layout."""
+    pairs = handle_client.signals(QUERIES, DOCS[:3], mode="pairs", teacher="ce-dual")
+    ref = ce_reference(checkpoints["ce-dual"], QUERIES, DOCS[:3], "special_token")
+    np.testing.assert_allclose(pairs["scores"], ref, rtol=1e-4, atol=1e-5)
+    q, d = pairs["query_embeddings"], pairs["document_embeddings"]
+    assert q.shape == d.shape == (3, 32)
+    np.testing.assert_allclose(DUAL_META["score_scale"] * (q * d).sum(1), pairs["scores"], rtol=1e-4, atol=1e-5)
+
+    # Matrix layout: 3 queries x 6 documents, query i owns documents 2i (its positive) and 2i + 1.
+    matrix = handle_client.signals(QUERIES, DOCS, mode="matrix", teacher="ce-dual")
+    assert matrix["scores"].shape == (3, 6)
+    full = handle_client.signals([q for q in QUERIES for _ in DOCS], DOCS * 3, mode="pairs", teacher="ce-dual")  # all 18 pairs
+    np.testing.assert_allclose(matrix["scores"].ravel(), full["scores"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(matrix["query_embeddings"], full["query_embeddings"][[0 * 6 + 0, 1 * 6 + 2, 2 * 6 + 4]], atol=1e-5)
+    owners = np.arange(6) // 2
+    np.testing.assert_allclose(matrix["document_embeddings"], full["document_embeddings"][owners * 6 + np.arange(6)], atol=1e-5)
+
+
+def test_segment_pooled_scores(local_teachers, checkpoints):
+    out = local(local_teachers, "ce-seg", "signals", queries=QUERIES, documents=DOCS[:3], mode="pairs")
+    ref = ce_reference(checkpoints["ce-dual"], QUERIES, DOCS[:3], "segment_mean")
+    np.testing.assert_allclose(out["scores"], ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(DUAL_META["score_scale"] * (out["query_embeddings"] * out["document_embeddings"]).sum(1),
+                               out["scores"], rtol=1e-4, atol=1e-5)
+
+
+def test_concurrent_requests_equal_unbatched(handle_client, local_teachers, kinds_app):
+    from ray import serve
+
+    rng = np.random.default_rng(0)
+    jobs = []
+    for k in range(16):
+        qs = [QUERIES[i] for i in rng.integers(0, 3, size=2)]
+        ds = [DOCS[i] for i in rng.integers(0, 6, size=2)]
+        jobs.append(("colbert" if k % 2 else "ce-dual", qs, ds))
+    before = {n: serve.get_deployment_handle(f"teacher-{n}", APP).stats.remote().result() for n in ("colbert", "ce-dual")}
+
+    def call(job):
+        name, qs, ds = job
+        return handle_client.signals(qs, ds, mode="pairs" if name == "ce-dual" else "matrix", tokens=name == "colbert", teacher=name)
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(call, jobs))
+    for (name, qs, ds), out in zip(jobs, got):
+        ref = local(local_teachers, name, "signals", queries=qs, documents=ds, mode="pairs" if name == "ce-dual" else "matrix",
+                    tokens=name == "colbert")
+        assert set(out) == set(ref)
+        for key in ref:
+            np.testing.assert_allclose(out[key], ref[key], rtol=1e-4, atol=1e-5, err_msg=f"{name} {key}")
+    after = {n: serve.get_deployment_handle(f"teacher-{n}", APP).stats.remote().result() for n in ("colbert", "ce-dual")}
+    assert any(after[n]["largest_batch_jobs"] > 1 for n in after), "concurrent requests were never merged"
+    assert all(after[n]["batches"] - before[n]["batches"] < 2 * 8 for n in after)
+
+
+def test_ce_refusals(kinds_app, handle_client):
+    url = kinds_app["url"]
+    big = {"teacher": "ce", "queries": QUERIES, "documents": DOCS, "mode": "matrix"}  # 18 pairs > 12
+    resp = requests.post(url + "/v1/score", json=big, timeout=30)
+    assert resp.status_code == 413, resp.text
+    err = resp.json()["error"]
+    assert err["code"] == "request_too_large" and "12" in err["message"] and "mode 'pairs'" in err["message"]
+    with pytest.raises(RequestTooLarge, match="max_matrix_pairs"):
+        handle_client.score(QUERIES, DOCS, mode="matrix", teacher="ce")
+
+    resp = requests.post(url + "/v1/signals", json={"teacher": "ce", "queries": QUERIES[:1], "documents": DOCS[:1]}, timeout=30)
+    assert resp.status_code == 422 and resp.json()["error"]["code"] == "unsupported_signal"
+    assert "it gives: scores" in resp.json()["error"]["message"]
+    with pytest.raises(UnsupportedSignal, match="proxy_embeddings"):
+        handle_client.submit_encode(["a"], teacher="ce-dual").result()
+    ok = handle_client.signals(QUERIES[:1], DOCS[:2], embeddings=False, teacher="ce")
+    assert set(ok) == {"scores"} and ok["scores"].shape == (1, 2)
+
+
+@pytest.mark.real_weights
+def test_zero_shot_colbert_on_minilm_ranks_scifact_relevant_first(http_client):
+    from common.datasets import load_beir
+
+    data = load_beir("scifact")
+    qrels = data.qrels("test")
+    qid = data.split_query_ids("test")[0]
+    relevant = next(d for d, g in qrels[qid].items() if g > 0)
+    unrelated = next(d for d in data.doc_ids if d not in qrels[qid])
+    texts = data.doc_texts
+    docs = [texts[data.doc_index[relevant]], texts[data.doc_index[unrelated]]]
+    scores = http_client.score([data.query_text[qid]], docs, mode="matrix", teacher="colbert-minilm")
+    assert scores[0, 0] > scores[0, 1] + 0.5  # 5.3 vs 4.2 on this pair
