@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/tightdistill serve --config deploy/teachers.yaml --sample
+	$(VENV)/bin/tightdistill train --config deploy/default.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest tests

@@ -16,7 +16,7 @@ from common.model_registry import ModelNotFoundError
 from common.ray_runtime import RayConnectError
 
 # Modules that contribute subcommands through ``register(subparsers)``.
-COMMAND_MODULES = ("teacher_service.cli",)
+COMMAND_MODULES = ("student_trainer.cli", "teacher_service.cli")
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, ModelNotFoundError, RayConnectError, FileNotFoundError)
 
@@ -38,11 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int | None] = args.handler
+    from student_trainer.teacher_signals import TeacherUnavailable
+    from student_trainer.train_loop import CheckpointError
     from teacher_service.errors import TeacherServiceError
 
     try:
         return int(handler(args) or 0)
-    except (*USER_ERRORS, TeacherServiceError) as exc:
+    except (*USER_ERRORS, TeacherServiceError, TeacherUnavailable, CheckpointError) as exc:
         print(f"tightdistill {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from common.config import StrictModel, load_config
+from common.config import ConfigError, StrictModel, load_config, parse_config
 from student_trainer.students import StudentConfig
 
 DEFAULT_LOSSES: dict[str, dict[str, Any]] = {
@@ -108,7 +108,9 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
             node = data
             *parents, leaf = dotted.split(".")
             for key in parents:
+                if not isinstance(node.get(key), dict):
+                    raise ConfigError(f"--set {dotted}: '{key}' is not a config section")
                 node = node[key]
             node[leaf] = value
-        config = RunConfig.model_validate(data)
+        config = parse_config(RunConfig, data, source=f"{path} (with --set)")
     return config

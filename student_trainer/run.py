@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import ray
 import ray.train
+from tqdm.auto import tqdm
 from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
@@ -29,11 +31,12 @@ from common.datasets import BeirDataset, load_beir, write_parquet
 from common.evaluation import evaluate_encoder
 from common.metrics import MetricReport
 from common.ray_runtime import init_ray
-from student_trainer.config import RunConfig, load_run_config
+from student_trainer.config import RunConfig, TeacherRef, load_run_config
 from student_trainer.examples import build_examples, split_queries
 from student_trainer.export import ExportedStudent, export_sentence_transformers
 from student_trainer.extra_queries import corpus_pseudo_queries
 from student_trainer.progress import ProgressBar
+from student_trainer.report import write_report
 from student_trainer.students import DualEncoderStudent
 from student_trainer.teacher_index import DocEmbeddings, teacher_doc_embeddings
 from student_trainer.train_loop import load_checkpoint, total_training_steps, train_loop_per_worker
@@ -48,9 +51,8 @@ class RunResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def connect_teacher(run: RunConfig) -> TeacherClient:
+def connect_teacher(ref: TeacherRef) -> TeacherClient:
     """A client for the configured teacher; deploys the teacher app if it is not running."""
-    ref = run.teacher
     if ref.url:
         client = TeacherClient.from_url(ref.url, teacher=ref.teacher)
         client.describe()
@@ -116,12 +118,48 @@ def train_student(run: RunConfig, info: dict[str, Any], examples: Path, num_exam
     return result.checkpoint, history
 
 
-def evaluate(run: RunConfig, dataset: BeirDataset, doc_index: DocEmbeddings, encoders: dict[str, Any]) -> dict[str, MetricReport]:
-    reports = {}
-    for name, encode in encoders.items():
-        ev = evaluate_encoder(encode, doc_index.index, dataset, run.data.eval_split, run.eval.k_values, run.data.max_eval_queries)
+def evaluate(run: RunConfig, dataset: BeirDataset, doc_index: DocEmbeddings,
+             encoders: dict[str, Any]) -> tuple[dict[str, MetricReport], dict[str, np.ndarray]]:
+    """Each encoder's metrics on the eval split, and the query embeddings it produced."""
+    reports, embeddings = {}, {}
+    for name, encode in tqdm(encoders.items(), desc="evaluating", unit="model", disable=len(encoders) < 2):
+        def capture(texts: list[str], encode=encode, name=name) -> np.ndarray:
+            embeddings[name] = np.asarray(encode(texts), dtype=np.float32)
+            return embeddings[name]
+
+        ev = evaluate_encoder(capture, doc_index.index, dataset, run.data.eval_split, run.eval.k_values, run.data.max_eval_queries)
         reports[name] = ev.report
-    return reports
+    return reports, embeddings
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> list[float]:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-12)
+    return np.einsum("nd,nd->n", a, b).round(5).tolist()
+
+
+def query_latencies(info: dict[str, Any], student: ExportedStudent, dataset: BeirDataset, run: RunConfig,
+                    n: int = 30) -> dict[str, float]:
+    """Median milliseconds to embed one query, in this process: the student, and a dual-encoder
+    teacher loaded the same way (other teacher kinds have no single-text query encoder)."""
+    queries = [dataset.query_text[q] for q in dataset.split_query_ids(run.data.eval_split)[:n]]
+
+    def median_ms(fn) -> float:
+        fn(queries[:1])  # warm-up
+        times = []
+        for q in queries:
+            start = time.perf_counter()
+            fn([q])
+            times.append(time.perf_counter() - start)
+        return 1000 * float(np.median(times))
+
+    out = {"student": median_ms(student.encode_queries)}
+    if info["kind"] == "dual_encoder":
+        from common.text_encoder import TextEncoder
+
+        teacher = TextEncoder.from_pretrained(info["checkpoint"], max_length=info["max_query_length"]).eval()
+        out["teacher"] = median_ms(teacher.encode)
+    return out
 
 
 def run_distillation(run: RunConfig, address: str | None = None, show_progress: bool = True) -> RunResult:
@@ -132,7 +170,7 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
     (run.run_dir / "config.json").write_text(run.model_dump_json(indent=2))
     dataset = load_beir(run.data.dataset)  # data errors before Ray starts
     init_ray(address)
-    client = connect_teacher(run)
+    client = connect_teacher(run.teacher)
     info = client.describe()
     timings["setup_s"] = time.perf_counter() - t0
 
@@ -160,6 +198,8 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
 
     t = time.perf_counter()
     exported = ExportedStudent(student_dir)
+    if not student.asymmetric:
+        raise ConfigError("evaluating symmetric students needs their own document index: not supported by this run yet")
     encoders: dict[str, Any] = {}
     if run.eval.evaluate_teacher:
         encoders["teacher"] = lambda texts: client.encode_many(texts, role="query")
@@ -167,15 +207,17 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
     if run.eval.evaluate_untrained:
         untrained = DualEncoderStudent(run.student, teacher_dim=info["dim"])
         encoders["untrained student"] = lambda texts: untrained.encode_queries(texts).numpy()
-    if not student.asymmetric:
-        raise ConfigError("evaluating symmetric students needs their own document index: not supported by this run yet")
-    reports = evaluate(run, dataset, doc_index, encoders)
+    reports, query_emb = evaluate(run, dataset, doc_index, encoders)
     timings["eval_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
 
     metrics = build_metrics(run, info, reports, student, timings, state)
+    metrics["query_latency_ms"] = query_latencies(info, exported, dataset, run)
     (run.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (run.run_dir / "history.json").write_text(json.dumps(history, indent=2))
+    if "teacher" in query_emb:
+        (run.run_dir / "query_cosine.json").write_text(json.dumps(cosines(query_emb["teacher"], query_emb["student"])))
+    write_report(run.run_dir)
     return RunResult(run.run_dir, student_dir, metrics, history)
 
 
@@ -186,6 +228,7 @@ def build_metrics(run: RunConfig, info: dict[str, Any], reports: dict[str, Metri
         "teacher": {"name": info["name"], "kind": info["kind"], "checkpoint": info["checkpoint"]},
         "metrics": {name: r.aggregate for name, r in reports.items()},
         "num_eval_queries": next(iter(reports.values())).num_queries if reports else 0,
+        "parameters": {"teacher": info.get("parameters"), "student": sum(student.parameter_counts().values())},
         "student_parameters": student.parameter_counts(),
         "steps": state.get("global_step"),
         "timings": timings,

@@ -44,8 +44,11 @@ class DocEmbeddings:
 
 
 def cache_key(teacher_info: dict[str, Any], dataset: BeirDataset) -> str:
+    """Hash of what determines the embeddings: the teacher's description (not its service name,
+    so the same model served under another name shares the cache) and the corpus ids."""
     ids = "\n".join(dataset.doc_ids).encode()
-    payload = json.dumps({"teacher": teacher_info, "dataset": dataset.name, "ids": hashlib.sha256(ids).hexdigest()}, sort_keys=True)
+    described = {k: v for k, v in teacher_info.items() if k != "name"}
+    payload = json.dumps({"teacher": described, "dataset": dataset.name, "ids": hashlib.sha256(ids).hexdigest()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -54,7 +57,7 @@ def teacher_doc_embeddings(client: TeacherClient, dataset: BeirDataset, teacher:
                            show_progress: bool = True) -> DocEmbeddings:
     """Embeddings of every document of ``dataset`` from ``teacher``, from the cache when present."""
     info = client.describe(teacher)
-    path = (cache or cache_dir() / "doc-embeddings") / f"{dataset.name}-{info['name']}-{cache_key(info, dataset)}.parquet"
+    path = (cache or cache_dir() / "doc-embeddings") / f"{dataset.name}-{Path(info['checkpoint']).name}-{cache_key(info, dataset)}.parquet"
     if path.is_file():
         ids, emb = load_embeddings(path)
         return DocEmbeddings(ids, emb, path)

@@ -82,7 +82,7 @@ def load_checkpoint(checkpoint: Checkpoint, student: DualEncoderStudent, optimiz
                 optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu"))
                 scheduler.load_state_dict(torch.load(path / "scheduler.pt", map_location="cpu"))
             return json.loads((path / "state.json").read_text())
-        except (RuntimeError, ValueError, OSError, EOFError, KeyError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a damaged file fails in many ways (unpickling, shapes, JSON)
             raise CheckpointError(f"checkpoint {checkpoint.path} is corrupt ({type(exc).__name__}: {str(exc)[:200]}); "
                                   "delete it to start over, or point the run at an intact one") from None
 
@@ -140,10 +140,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     board = loop_config.get("progress_board")
     window: dict[str, list[float]] = {}
 
-    def batches(epoch: int, skip: int) -> Iterator[TrainBatch]:
+    def batches(epoch: int, skip: int, budget: int) -> Iterator[TrainBatch]:
+        """This epoch's batches after the first ``skip``, at most ``budget`` of them (so the
+        prefetcher never asks the teacher about a batch that will not be trained on)."""
         for i, rows in enumerate(shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy", drop_last=True)):
             if i < skip:
                 continue  # already trained on before the restart
+            if i - skip >= budget:
+                return
             rng = np.random.default_rng([cfg.seed, rank, epoch, i])
             extra = [extra_pool[j] for j in rng.choice(len(extra_pool), n_extra, replace=False)] if n_extra else []
             yield to_train_batch(rows, k, extra)
@@ -151,9 +155,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     step = state["global_step"]
     for epoch in range(state["epoch"], cfg.epochs):
         skip = state["step_in_epoch"] if epoch == state["epoch"] else 0
-        for i, pending in enumerate(with_prefetch(batches(epoch, skip), source, cfg.prefetch), start=skip):
-            if step >= total_steps:
-                break
+        for i, pending in enumerate(with_prefetch(batches(epoch, skip, total_steps - step), source, cfg.prefetch), start=skip):
             t0 = time.perf_counter()
             signals = source.collect(pending)
             t_teacher = time.perf_counter() - t0

@@ -149,9 +149,11 @@ class TeacherReplica:
         threads = self.spec.torch_threads or max(1, int(self.spec.ray_actor_options.get("num_cpus", 1) or 1))
         torch.set_num_threads(threads)
         self.teacher = build_teacher(self.spec)
+        options = getattr(self.teacher, "options", None)
+        if options is not None and getattr(options, "max_matrix_pairs", None) is not None:
+            # The service-wide cap binds too: the tighter of the kind's option and the limit.
+            options.max_matrix_pairs = min(options.max_matrix_pairs, self.limits.max_matrix_pairs)
         self.info = self.teacher.describe()
-        if self.info.max_matrix_pairs is None and self.teacher.kind == "cross_encoder":
-            self.info.max_matrix_pairs = self.limits.max_matrix_pairs
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="teacher-forward")
         self._ops = ThreadPoolExecutor(max_workers=self.spec.max_ongoing_requests, thread_name_prefix="teacher-op")
         for batcher in (self.encode_batch, self.pairs_batch):

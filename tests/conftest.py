@@ -124,3 +124,34 @@ def secure_app(http_port: int, tiny_bert_dir: Path) -> dict:
     })
     deploy(config, app_name="secure", route_prefix="/secure")
     return {"url": f"http://127.0.0.1:{http_port}/secure", "token": TEST_TOKEN}
+
+
+@pytest.fixture(scope="session")
+def mini_beir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real BEIR folder cut from scifact: 64 train and 24 test queries, their relevant
+    documents plus 200 others, texts shortened (tests train on it in seconds)."""
+    import random
+
+    from common.datasets import load_beir
+
+    out = tmp_path_factory.mktemp("mini-scifact")
+    ds = load_beir("scifact")
+    rng = random.Random(0)
+    splits = {"train": ds.split_query_ids("train")[:64], "test": ds.split_query_ids("test")[:24]}
+    keep = {d for split, qids in splits.items() for q in qids for d in ds.qrels(split)[q]}
+    others = [d for d in ds.doc_ids if d not in keep]
+    rng.shuffle(others)
+    keep |= set(others[:200])
+    (out / "qrels").mkdir()
+    with open(out / "corpus.jsonl", "w") as fh:
+        for row in ds.corpus.to_pylist():
+            if row["id"] in keep:
+                fh.write(json.dumps({"_id": row["id"], "title": row["title"], "text": row["text"][:300]}) + "\n")
+    with open(out / "queries.jsonl", "w") as fh:
+        for qids in splits.values():
+            for q in qids:
+                fh.write(json.dumps({"_id": q, "text": ds.query_text[q]}) + "\n")
+    for split, qids in splits.items():
+        lines = [f"{q}\t{d}\t{g}" for q in qids for d, g in ds.qrels(split)[q].items()]
+        (out / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(lines) + "\n")
+    return out

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Literal, Protocol
 
 import numpy as np
+import torch
 from pydantic import BaseModel, Field
 
 from teacher_service.errors import UnsupportedSignal
@@ -80,6 +81,7 @@ class TeacherInfo(BaseModel):
     max_document_length: int
     matrix_cost: str = Field(description="What an in-batch matrix of B queries x N documents costs.")
     max_matrix_pairs: int | None = Field(None, description="Largest matrix (queries x documents) accepted, where capped.")
+    parameters: int | None = Field(None, description="Number of model parameters.")
 
 
 class Primitives(Protocol):
@@ -99,7 +101,23 @@ class Teacher(ABC):
         self.checkpoint = checkpoint
 
     @abstractmethod
-    def describe(self) -> TeacherInfo: ...
+    def _info(self) -> TeacherInfo:
+        """The kind's own description (``describe`` adds what every kind shares)."""
+
+    def describe(self) -> TeacherInfo:
+        info = self._info()
+        info.parameters = self.parameter_count()
+        return info
+
+    def parameter_count(self) -> int:
+        """Parameters of every torch module this teacher holds (each counted once)."""
+        seen: dict[int, int] = {}
+        for value in vars(self).values():
+            if isinstance(value, torch.nn.Module):
+                seen.update((id(p), p.numel()) for p in value.parameters())
+            elif isinstance(value, torch.Tensor):
+                seen[id(value)] = value.numel()
+        return sum(seen.values())
 
     # --- primitives: default to "not this kind" ------------------------------------------------
     def encode(self, texts: list[str], role: Role, with_tokens: bool = False) -> Encoded:

@@ -185,7 +185,7 @@ class ColBERTTeacher(RepresentationTeacher):
                              "set options.query_token / document_token, or markers: false")
         return int(token_id)
 
-    def describe(self) -> TeacherInfo:
+    def _info(self) -> TeacherInfo:
         return TeacherInfo(
             name=self.name, kind=self.kind, checkpoint=self.checkpoint, dim=self.token_dim, token_dim=self.token_dim,
             similarity="maxsim", signals=list(self.signals_offered),

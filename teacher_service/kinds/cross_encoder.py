@@ -133,7 +133,7 @@ class CrossEncoderTeacher(Teacher):
     def signals_offered(self) -> tuple[str, ...]:  # type: ignore[override]
         return ("scores", "proxy_embeddings") if self.dual else ("scores",)
 
-    def describe(self) -> TeacherInfo:
+    def _info(self) -> TeacherInfo:
         return TeacherInfo(
             name=self.name, kind=self.kind, checkpoint=self.checkpoint, dim=self.dim,
             similarity="cross-attention", signals=list(self.signals_offered),

@@ -41,7 +41,7 @@ class DualEncoderTeacher(RepresentationTeacher):
         ).eval()
         self._matrix, self._pairs = similarity_fns(options.similarity)
 
-    def describe(self) -> TeacherInfo:
+    def _info(self) -> TeacherInfo:
         return TeacherInfo(
             name=self.name, kind=self.kind, checkpoint=self.checkpoint, dim=self.encoder.dim,
             similarity=self.options.similarity, signals=list(self.signals_offered),

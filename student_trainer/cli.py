@@ -1,0 +1,163 @@
+"""``tightdistill train | eval | index``: distil a student, evaluate any encoder, build a teacher index."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from common.config import ConfigError
+
+DEFAULT_RUN_CONFIG = Path("deploy/default.yaml")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train", help="distil a student from a live teacher (the main job)",
+        description="Run a distillation job: start (or join) Ray, find or deploy the teacher service, encode the "
+        "teacher's document index (cached), train the student on Ray Train with online teacher signals, export it "
+        "as a sentence-transformers model and evaluate teacher and student. Outputs go to <output_dir>/<name>/.",
+    )
+    p.add_argument("--config", type=Path, default=DEFAULT_RUN_CONFIG, help="run config YAML (default: %(default)s)")
+    p.add_argument("--address", default=None, help="Ray cluster to join ('auto' or host:port); default: embedded local Ray")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=1 (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(handler=train_command)
+
+    e = sub.add_parser(
+        "eval", help="evaluate a student or teacher encoder on a BEIR dataset",
+        description="Full retrieval with an exact FAISS index (or re-ranking of the dataset's candidate lists with "
+        "--rerank), scored with MRR@10, nDCG@10 and Recall@k. --model is an exported tightdistill student "
+        "(asymmetric students search their teacher's document index) or any encoder: a registry name "
+        "(minilm-l6, mpnet-base) or a model directory.",
+    )
+    e.add_argument("--model", required=True, help="student directory, registry name or model directory")
+    e.add_argument("--data", default="scifact", help="bundled dataset name or BEIR directory (default: %(default)s)")
+    e.add_argument("--split", default="test", help="qrels split (default: %(default)s)")
+    e.add_argument("--rerank", action="store_true", help="re-rank candidates.<split>.tsv instead of full retrieval")
+    e.add_argument("--doc-index", type=Path, default=None, help="teacher document embeddings parquet (asymmetric students)")
+    e.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N queries")
+    e.add_argument("--output", type=Path, default=None, help="JSON file for the report (default: runs/eval/...)")
+    e.set_defaults(handler=eval_command)
+
+    i = sub.add_parser(
+        "index", help="encode a corpus with a served teacher (cached parquet of document embeddings)",
+        description="Encode every document of a dataset through the teacher service and cache the embeddings as "
+        "parquet (the index asymmetric students inherit). Deploys the teachers from --serve-config if needed.",
+    )
+    i.add_argument("--teacher", default="minilm", help="teacher name in the service (default: %(default)s)")
+    i.add_argument("--data", default="scifact", help="dataset (default: %(default)s)")
+    i.add_argument("--serve-config", type=Path, default=Path("deploy/teachers.yaml"))
+    i.add_argument("--address", default=None)
+    i.set_defaults(handler=index_command)
+
+    r = sub.add_parser("report", help="(re)write a run's report.md and plots",
+                       description="Write report.md and PNG plots (loss curves, teacher vs student metrics, "
+                       "query-embedding agreement) from a finished run folder's JSON files.")
+    r.add_argument("--run", type=Path, default=Path("runs/default"), help="run folder (default: %(default)s)")
+    r.set_defaults(handler=report_command)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got '{item}'")
+        key, value = item.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from student_trainer.config import load_run_config
+    from student_trainer.run import run_distillation
+
+    run = load_run_config(args.config, parse_overrides(args.overrides))
+    result = run_distillation(run, address=args.address, show_progress=not args.no_progress)
+    print_summary(result.metrics)
+    print(f"run folder: {result.run_dir}")
+    return 0
+
+
+def print_summary(metrics: dict[str, Any]) -> None:
+    from common.metrics import MetricReport, format_table
+
+    reports = {name: MetricReport(aggregate=agg, per_query={}) for name, agg in metrics["metrics"].items()}
+    print(format_table(reports))
+    if "retained" in metrics:
+        kept = metrics["retained"]["nDCG@10"]
+        print(f"student retains {'n/a' if kept is None else f'{kept:.1%}'} of the teacher's nDCG@10")
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    from common.datasets import load_beir
+    from common.evaluation import evaluate_encoder
+    from common.metrics import format_table
+    from common.retrieval import DenseIndex, load_embeddings
+
+    dataset = load_beir(args.data)
+    encode_queries, doc_index_path, encode_docs, name = _load_encoder(args)
+    if doc_index_path is not None:
+        ids, emb = load_embeddings(doc_index_path)
+        if set(ids) != set(dataset.doc_ids):
+            raise ConfigError(f"{doc_index_path} does not index the corpus of {dataset.name}")
+    else:
+        emb, ids = encode_docs(dataset.doc_texts), dataset.doc_ids
+    index = DenseIndex.from_embeddings(ids, emb)
+    candidates = dataset.candidates(args.split) if args.rerank else None
+    ev = evaluate_encoder(encode_queries, index, dataset, args.split, max_queries=args.max_queries, candidates=candidates)
+    print(format_table({name: ev.report}))
+    out = args.output or Path("runs/eval") / f"{Path(name).name}-{dataset.name}-{args.split}{'-rerank' if args.rerank else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"model": name, "dataset": dataset.name, "split": args.split, "mode": ev.mode,
+                               **ev.report.to_dict()}, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def _load_encoder(args: argparse.Namespace):
+    """(query encoder, document index path or None, document encoder, display name)."""
+    from student_trainer.export import METADATA, ExportedStudent
+
+    model = Path(args.model)
+    if (model / METADATA).is_file():
+        student = ExportedStudent(model)
+        if student.asymmetric:
+            path = args.doc_index or (Path(student.metadata["doc_index"]) if student.metadata.get("doc_index") else None)
+            if path is None or not path.is_file():
+                raise ConfigError(f"{model} is an asymmetric student: it searches its teacher's document index; pass "
+                                  "--doc-index (see `tightdistill index`)")
+            return student.encode_queries, path, None, str(model)
+        return student.encode_queries, None, lambda texts: student.encode_documents(texts, show_progress=True), str(model)
+
+    from common.text_encoder import TextEncoder
+
+    encoder = TextEncoder.from_pretrained(args.model).eval()
+    return (encoder.encode, args.doc_index,
+            lambda texts: encoder.encode(texts, show_progress=True, desc=f"{args.model}: encoding corpus"), args.model)
+
+
+def index_command(args: argparse.Namespace) -> int:
+    from common.datasets import load_beir
+    from common.ray_runtime import init_ray
+    from student_trainer.config import TeacherRef
+    from student_trainer.run import connect_teacher
+    from student_trainer.teacher_index import teacher_doc_embeddings
+
+    dataset = load_beir(args.data)
+    init_ray(args.address)
+    client = connect_teacher(TeacherRef(teacher=args.teacher, serve_config=args.serve_config))
+    index = teacher_doc_embeddings(client, dataset)
+    print(f"{len(index.ids)} documents of {dataset.name}, dim {index.emb.shape[1]}: {index.path}")
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from student_trainer.report import write_report
+
+    print(f"wrote {write_report(args.run)}")
+    return 0

@@ -1,0 +1,106 @@
+"""The coupled training loop on real Ray Train workers against a real Serve teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.datasets import load_beir
+from student_trainer.config import RunConfig
+from student_trainer.export import ExportedStudent, export_sentence_transformers
+from student_trainer.run import connect_teacher, prepare_examples, run_distillation, train_student
+from student_trainer.students import DualEncoderStudent, StudentConfig
+from student_trainer.teacher_index import teacher_doc_embeddings
+from student_trainer.train_loop import CheckpointError, load_checkpoint
+
+
+def tiny_run(tmp_path: Path, tiny_bert_dir: Path, mini_beir: Path, **train) -> RunConfig:
+    return RunConfig.model_validate({
+        "name": "t", "output_dir": str(tmp_path),
+        "teacher": {"teacher": "tiny", "app_name": "tightdistill", "serve_config": None},
+        "student": {"model": str(tiny_bert_dir), "num_layers": 1},
+        "data": {"dataset": str(mini_beir), "num_negatives": 1},
+        "train": {"batch_size": 8, "num_workers": 2, "cpus_per_worker": 0.5, "report_every": 2,
+                  "checkpoint_every": 2, "epochs": 1, **train},
+    })
+
+
+def replica_requests(app: str = "tightdistill", teacher: str = "tiny") -> int:
+    from ray import serve
+
+    return serve.get_deployment_handle(f"teacher-{teacher}", app).stats.remote().result()["requests"]
+
+
+@pytest.fixture(scope="module")
+def prepared(teacher_app, tiny_bert_dir, mini_beir, tmp_path_factory):
+    run = tiny_run(tmp_path_factory.mktemp("run"), tiny_bert_dir, mini_beir, max_steps=4)
+    client = connect_teacher(run.teacher)
+    dataset = load_beir(run.data.dataset)
+    index = teacher_doc_embeddings(client, dataset, show_progress=False)
+    examples, n = prepare_examples(run, dataset, client, index)
+    return {"run": run, "client": client, "index": index, "examples": examples, "n": n}
+
+
+def test_every_step_asks_the_teacher_and_resume_continues(prepared):
+    run = prepared["run"]
+    info = prepared["client"].describe()
+    before = replica_requests()
+    checkpoint, history = train_student(run, info, prepared["examples"], prepared["n"], prepared["index"], [], False)
+    # 4 steps x 2 workers, one request each (query embeddings; the matrix uses the inherited index)
+    assert replica_requests() - before == 8
+    assert [h["step"] for h in history] == [2, 4]
+    # at a report, a worker has asked for every step so far and, prefetching, maybe the next one
+    assert history[0]["teacher_requests"] in (2, 3) and history[-1]["teacher_requests"] == 4
+    assert np.isfinite([h["loss"] for h in history]).all()
+
+    # Same run folder, higher step budget: Ray Train restores the last checkpoint (step 4) and
+    # the loop continues from there, asking the teacher only for the new steps.
+    resumed = run.model_copy(update={"train": run.train.model_copy(update={"max_steps": 6, "epochs": 2})})
+    before = replica_requests()
+    checkpoint, history = train_student(resumed, info, prepared["examples"], prepared["n"], prepared["index"], [], False)
+    assert replica_requests() - before == 4
+    assert [h["step"] for h in history] == [2, 4, 6]
+    student = DualEncoderStudent(run.student, teacher_dim=info["dim"])
+    assert load_checkpoint(checkpoint, student)["global_step"] == 6
+
+
+def test_corrupt_checkpoint_is_a_clear_error(prepared, tmp_path):
+    from ray.train import Checkpoint
+
+    (tmp_path / "student.pt").write_bytes(b"not a torch file")
+    (tmp_path / "state.json").write_text("{}")
+    student = DualEncoderStudent(prepared["run"].student, teacher_dim=32)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_checkpoint(Checkpoint.from_directory(str(tmp_path)), student)
+    (tmp_path / "student.pt").unlink()
+    with pytest.raises(CheckpointError, match="missing student.pt"):
+        load_checkpoint(Checkpoint.from_directory(str(tmp_path)), student)
+
+
+def test_export_loads_in_sentence_transformers(tiny_bert_dir, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    config = StudentConfig(model=str(tiny_bert_dir), num_layers=1, normalize=True, projection="always")
+    student = DualEncoderStudent(config, teacher_dim=48)
+    torch.nn.init.normal_(student.projection.weight)  # a projection that is not the identity
+    path = export_sentence_transformers(student, tmp_path / "student", {"teacher": {"name": "t"}})
+    texts = ["how are glacier caves formed?", "what do vaccines do", "a much longer query " * 5]
+    ours = student.encode_queries(texts).numpy()
+    st = SentenceTransformer(str(path), device="cpu").encode(texts, convert_to_numpy=True)
+    assert st.shape == (3, 48)
+    np.testing.assert_allclose(st, ours, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(ExportedStudent(path).encode_queries(texts), ours, rtol=1e-4, atol=1e-5)
+
+
+def test_full_run_writes_student_and_metrics(teacher_app, tiny_bert_dir, mini_beir, tmp_path):
+    run = tiny_run(tmp_path, tiny_bert_dir, mini_beir, max_steps=2, num_workers=1)
+    result = run_distillation(run, show_progress=False)
+    assert (result.student_dir / "modules.json").is_file()
+    metrics = result.metrics
+    assert set(metrics["metrics"]) == {"teacher", "student"}
+    assert 0 <= metrics["metrics"]["student"]["nDCG@10"] <= 1
+    assert metrics["num_eval_queries"] == 24 and metrics["steps"] == 2
+    assert (result.run_dir / "metrics.json").is_file()
