@@ -44,6 +44,7 @@ class DataConfig(StrictModel):
     extra_queries: Literal["none", "corpus"] = Field("none", description="Unlabelled extra queries for embedding matching (EmbedDistill §4.3): 'corpus' draws pseudo-queries from the corpus.")
     extra_query_ratio: float = Field(0.0, ge=0, description="Extra queries per labelled query in each batch.")
     extra_query_pool: int = Field(20000, ge=1, description="Most pseudo-queries drawn from the corpus.")
+    pseudo_queries: int = Field(4000, ge=8, description="Label-free runs (train_split: null): pseudo-queries drawn from the corpus and labelled by the teacher.")
     max_train_queries: int | None = Field(None, ge=1, description="Cap on training queries (quick runs and tests).")
     max_eval_queries: int | None = Field(None, ge=1, description="Cap on evaluation queries (quick runs and tests).")
 

@@ -83,6 +83,28 @@ def build_examples(dataset: BeirDataset, query_ids: list[str], config: DataConfi
     return table.take(rng.permutation(table.num_rows))
 
 
+def label_free_examples(dataset: BeirDataset, queries: list[str], config: DataConfig, doc_index: DocEmbeddings,
+                        teacher_query_emb: np.ndarray, seed: int) -> pa.Table:
+    """Examples for a corpus without training queries or qrels: pseudo-queries drawn from the
+    corpus, each with the teacher's top-1 document as its positive and documents from deeper in
+    the teacher's ranking as negatives. Every label comes from the teacher."""
+    rng = np.random.default_rng(seed)
+    _, ranked = doc_index.index.search(teacher_query_emb, max(config.mine_top_k, 2 + config.num_negatives))
+    texts = dataset.doc_texts
+    rows: dict[str, list] = {name: [] for name in EXAMPLES_SCHEMA.names}
+    for i, (query, ranking) in enumerate(zip(queries, ranked)):
+        positive = ranking[0]
+        pool = ranking[1 + config.mine_skip_top :]
+        negs = _choose_negatives(pool, {positive}, dataset, config.num_negatives, rng)
+        rows["query_id"].append(f"pseudo-{i}")
+        rows["query"].append(query)
+        rows["positive_id"].append(positive)
+        rows["positive"].append(texts[dataset.doc_index[positive]])
+        rows["negative_ids"].append(negs)
+        rows["negatives"].append([texts[dataset.doc_index[d]] for d in negs])
+    return pa.Table.from_pydict(rows, schema=EXAMPLES_SCHEMA)
+
+
 def _choose_negatives(pool: list[str], relevant: set[str], dataset: BeirDataset, n: int,
                       rng: np.random.Generator) -> list[str]:
     if n == 0:

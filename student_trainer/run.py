@@ -32,7 +32,7 @@ from common.evaluation import evaluate_encoder
 from common.metrics import MetricReport
 from common.ray_runtime import init_ray
 from student_trainer.config import RunConfig, TeacherRef, load_run_config
-from student_trainer.examples import build_examples, split_queries
+from student_trainer.examples import build_examples, label_free_examples, split_queries
 from student_trainer.export import ExportedStudent, export_sentence_transformers
 from student_trainer.extra_queries import corpus_pseudo_queries
 from student_trainer.progress import ProgressBar
@@ -72,13 +72,20 @@ def connect_teacher(ref: TeacherRef) -> TeacherClient:
 
 
 def prepare_examples(run: RunConfig, dataset: BeirDataset, client: TeacherClient, doc_index: DocEmbeddings) -> tuple[Path, int]:
+    """Training examples as parquet: labelled queries with mined negatives, or, with no
+    ``data.train_split``, pseudo-queries from the corpus labelled by the teacher's ranking."""
     split = split_queries(dataset, run.data, run.train.seed)
-    if not split.train:
-        raise ConfigError(f"dataset {dataset.name}: no training queries in split '{run.data.train_split}'")
-    q_emb = None
-    if run.data.negatives == "mined" and run.data.num_negatives:
-        q_emb = client.encode_many([dataset.query_text[q] for q in split.train], role="query")
-    table = build_examples(dataset, split.train, run.data, doc_index, q_emb, run.train.seed)
+    if run.data.train_split is None:
+        queries = corpus_pseudo_queries(dataset, run.data.pseudo_queries, run.train.seed)
+        q_emb = client.encode_many(queries, role="query", progress="teacher: embedding pseudo-queries")
+        table = label_free_examples(dataset, queries, run.data, doc_index, q_emb, run.train.seed)
+    else:
+        if not split.train:
+            raise ConfigError(f"dataset {dataset.name}: no training queries in split '{run.data.train_split}'")
+        q_emb = None
+        if run.data.negatives == "mined" and run.data.num_negatives:
+            q_emb = client.encode_many([dataset.query_text[q] for q in split.train], role="query")
+        table = build_examples(dataset, split.train, run.data, doc_index, q_emb, run.train.seed)
     path = write_parquet(table, run.run_dir / "data" / "train.parquet")
     (run.run_dir / "data" / "dev_queries.json").write_text(json.dumps(split.dev))
     return path, table.num_rows

@@ -9,12 +9,16 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Teacher indexes the tests build go to a throw-away cache, not the user's ~/.cache (set before
+# Ray starts, so replicas and Train workers inherit it).
+os.environ["TIGHTDISTILL_CACHE"] = tempfile.mkdtemp(prefix="tightdistill-test-cache-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TEST_TOKEN_ENV = "TIGHTDISTILL_TEST_TOKEN"

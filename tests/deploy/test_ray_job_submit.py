@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -40,13 +41,14 @@ def cluster_pids(temp_dir: str) -> list[int]:
 def head_node():
     temp_dir = tempfile.mkdtemp(prefix="tdray-", dir="/tmp")  # short: Ray's socket paths have a length cap
     gcs, dashboard = free_port(), free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    # Token auth, as Ray enables by default, with this cluster's own token (not ~/.ray's).
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=4",
                     "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
                     f"--temp-dir={temp_dir}", "--disable-usage-stats"],
                    check=True, env=env, capture_output=True, timeout=180)
     try:
-        yield f"http://127.0.0.1:{dashboard}"
+        yield f"http://127.0.0.1:{dashboard}", env
     finally:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in cluster_pids(temp_dir):
@@ -58,6 +60,7 @@ def head_node():
 
 
 def test_ray_job_submit_trains_against_a_head_node(head_node, tiny_bert_dir, mini_beir, tmp_path):
+    address, env = head_node
     http_port = free_port()
     teachers = tmp_path / "teachers.yaml"
     teachers.write_text(yaml.safe_dump({
@@ -76,10 +79,10 @@ def test_ray_job_submit_trains_against_a_head_node(head_node, tiny_bert_dir, min
         "eval": {"evaluate_untrained": False},
     }))
     job = subprocess.run(
-        [RAY, "job", "submit", f"--address={head_node}", "--working-dir", str(REPO),
+        [RAY, "job", "submit", f"--address={address}", "--working-dir", str(REPO),
          "--runtime-env-json", json.dumps({"excludes": [".venv", "runs", ".git", "data/wikiqa", "data/vaswani_npl"]}),
          "--", sys.executable, "-m", "student_trainer.run", "--config", str(run_config), "--no-progress"],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+        capture_output=True, text=True, timeout=900, env=env,
     )
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "succeeded" in job.stdout
