@@ -1,60 +1,112 @@
 """Teacher service throughput against an in-process batched forward pass of the same model.
 
-Measures texts/s of (a) the model called in-process with length-sorted batching (the baseline),
-(b) the Serve deployment through a handle and (c) over HTTP with Arrow responses, both saturated
-by concurrent clients; and pairs/s of pair scoring. Same model, same torch threads. Prints the
-ratios and writes bench/results/teacher_throughput.json.
+For each teacher kind (dual-encoder, zero-shot ColBERT, cross-encoder) it measures, with the same
+model and the same torch threads:
 
-    python bench/teacher_throughput.py [--texts 256] [--threads 2] [--concurrency 8]
+* the baseline: the kind called in-process, one batched call (length-sorted, token budget);
+* the service: the Serve deployment saturated by concurrent clients, through a handle and over
+  HTTP with Arrow responses;
+
+for encoding (texts/s), aligned pairs (pairs/s) and in-batch matrices (pairs/s), and prints the
+ratio service / baseline. The cross-encoder has MiniLM's architecture with an untrained scoring
+head: throughput does not depend on the weights' values, and no trained CE ships with this repo.
+Writes bench/results/teacher_throughput.json.
+
+    python bench/teacher_throughput.py [--texts 128] [--threads 2] [--concurrency 8] [--kinds dual_encoder colbert]
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import torch
 
 from benchlib import print_table, timed, write_result
 from common.datasets import load_beir
+from teacher_service.schemas import parse_request
 
 
-def saturate(call, batches: list, concurrency: int) -> None:
+def saturate(call, items: list, concurrency: int) -> None:
     with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(call, batches))
+        list(pool.map(call, items))
+
+
+def cross_encoder_dir() -> str:
+    """A CrossEncoder directory with MiniLM's encoder weights and a fresh 1-logit head."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from common.model_registry import resolve_model
+
+    src = resolve_model("minilm-l6")
+    out = Path(tempfile.mkdtemp(prefix="bench-ce-"))
+    AutoModelForSequenceClassification.from_pretrained(src, num_labels=1).save_pretrained(out)
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    return str(out)
+
+
+def specs(kinds: list[str], threads: int) -> list[dict]:
+    common = {"ray_actor_options": {"num_cpus": threads}, "torch_threads": threads}
+    table = {
+        "dual_encoder": {"name": "de", "kind": "dual_encoder", "checkpoint": "minilm-l6"},
+        "colbert": {"name": "colbert", "kind": "colbert", "checkpoint": "minilm-l6", "options": {"zero_shot": True}},
+        "cross_encoder": {"name": "ce", "kind": "cross_encoder", "checkpoint": "", "options": {"max_matrix_pairs": 4096}},
+    }
+    out = []
+    for kind in kinds:
+        spec = {**table[kind], **common}
+        if kind == "cross_encoder":
+            spec["checkpoint"] = cross_encoder_dir()
+        out.append(spec)
+    return out
+
+
+def workloads(kind: str, docs: list[str], queries: list[str], size: int) -> dict[str, tuple[str, list[dict], int]]:
+    """name -> (op, request payloads, items counted)."""
+    n = len(docs)
+    out = {}
+    if kind != "cross_encoder":
+        out["encode texts/s"] = ("encode", [{"texts": docs[i : i + size], "role": "document"} for i in range(0, n, size)], n)
+    out["pairs/s"] = ("score", [{"queries": queries[i : i + size], "documents": docs[i : i + size], "mode": "pairs"}
+                                for i in range(0, n, size)], n)
+    b = 4  # in-batch matrix: 4 queries x 8 documents, as a training step with 1 negative and batch 4 asks
+    out["matrix pairs/s"] = ("score", [{"queries": queries[i : i + b], "documents": docs[2 * i : 2 * i + 2 * b], "mode": "matrix"}
+                                       for i in range(0, n // 2, b)], (n // 2) * 2 * b)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="minilm-l6")
     ap.add_argument("--dataset", default="scifact")
-    ap.add_argument("--texts", type=int, default=256, help="documents per measurement")
+    ap.add_argument("--texts", type=int, default=128, help="documents per measurement")
     ap.add_argument("--threads", type=int, default=2, help="torch threads, in-process and in the replica")
     ap.add_argument("--concurrency", type=int, default=8, help="concurrent client requests")
     ap.add_argument("--request-size", type=int, default=16, help="texts per client request")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--kinds", nargs="+", default=["dual_encoder", "colbert", "cross_encoder"])
     args = ap.parse_args()
 
     ds = load_beir(args.dataset)
     docs = ds.doc_texts[: args.texts]
     queries = list(ds.query_text.values())[: args.texts]
-    chunks = [docs[i : i + args.request_size] for i in range(0, len(docs), args.request_size)]
-    pair_chunks = [(queries[i : i + args.request_size], docs[i : i + args.request_size]) for i in range(0, len(docs), args.request_size)]
+    teacher_specs = specs(args.kinds, args.threads)
 
-    # (a) baseline first, before Ray starts, so nothing else competes for the cores.
+    # Baselines first, before Ray starts, so nothing else competes for the cores: one batched
+    # in-process call per workload (all of a workload's texts at once, as a training loop with
+    # its teacher inline would call it).
     from teacher_service.kinds import build_teacher
     from teacher_service.spec import TeacherSpec
 
-    spec = TeacherSpec(name="bench", kind="dual_encoder", checkpoint=args.model,
-                       ray_actor_options={"num_cpus": args.threads}, torch_threads=args.threads)
     torch.set_num_threads(args.threads)
-    teacher = build_teacher(spec)
-    encoder = teacher.encoder
-    encoder.encode(docs[:16])  # warm-up
-    t_base = timed(lambda: encoder.encode(docs, token_budget=spec.token_budget), args.repeats)
-    t_base_pairs = timed(lambda: (encoder.encode(queries, token_budget=spec.token_budget),
-                                  encoder.encode(docs, token_budget=spec.token_budget)), 1)
-    del teacher, encoder
+    baseline: dict[tuple[str, str], float] = {}
+    for spec in teacher_specs:
+        teacher = build_teacher(TeacherSpec.model_validate(spec))
+        for name, (op, payloads, _) in workloads(spec["kind"], docs, queries, args.request_size).items():
+            merged = merge(op, payloads)
+            teacher.run(parse_request(op, {"teacher": spec["name"], **merged[0]}))  # warm-up
+            baseline[(spec["name"], name)] = timed(lambda: [teacher.run(parse_request(op, {"teacher": spec["name"], **m})) for m in merged])
+        del teacher
 
     from ray import serve
 
@@ -64,28 +116,37 @@ def main() -> None:
     from teacher_service.spec import ServiceConfig
 
     init_ray(num_cpus=args.threads + 2)
-    deploy(ServiceConfig(teachers=[spec]), http_options={"host": "127.0.0.1", "port": 8000})
-    handle = TeacherClient.from_serve(teacher="bench")
-    http = TeacherClient.from_url("http://127.0.0.1:8000", teacher="bench", arrow=True)
-    saturate(lambda c: handle.encode(c, role="document"), chunks[:2], 2)  # warm-up
-    t_handle = timed(lambda: saturate(lambda c: handle.encode(c, role="document"), chunks, args.concurrency), args.repeats)
-    t_http = timed(lambda: saturate(lambda c: http.encode(c, role="document"), chunks, args.concurrency), args.repeats)
-    t_pairs = timed(lambda: saturate(lambda qd: handle.score(*qd, mode="pairs"), pair_chunks, args.concurrency), 1)
+    deploy(ServiceConfig.model_validate({"teachers": teacher_specs}), http_options={"host": "127.0.0.1", "port": 8000})
+    clients = {"handle": TeacherClient.from_serve(), "HTTP (Arrow)": TeacherClient.from_url("http://127.0.0.1:8000", arrow=True)}
+    rows = []
+    for spec in teacher_specs:
+        for name, (op, payloads, count) in workloads(spec["kind"], docs, queries, args.request_size).items():
+            base = baseline[(spec["name"], name)]
+            rows.append({"teacher": spec["kind"], "workload": name, "path": "in-process (baseline)", "per_s": count / base, "ratio": 1.0})
+            for path, client in clients.items():
+                def call(payload, client=client, op=op):
+                    return client._submit(op, {"teacher": spec["name"], **payload}).result()
+
+                call(payloads[0])  # warm-up
+                t = timed(lambda: saturate(call, payloads, args.concurrency))
+                rows.append({"teacher": spec["kind"], "workload": name, "path": path, "per_s": count / t, "ratio": base / t})
     serve.shutdown()
 
-    n = len(docs)
-    rows = [
-        {"path": "in-process batched forward (baseline)", "texts_per_s": n / t_base, "ratio": 1.0},
-        {"path": "service via handle", "texts_per_s": n / t_handle, "ratio": t_base / t_handle},
-        {"path": "service via HTTP (Arrow)", "texts_per_s": n / t_http, "ratio": t_base / t_http},
-        {"path": "in-process pairs (baseline)", "pairs_per_s": n / t_base_pairs, "ratio": 1.0},
-        {"path": "service pairs via handle", "pairs_per_s": n / t_pairs, "ratio": t_base_pairs / t_pairs},
-    ]
-    print(f"\nteacher {args.model}, {n} {args.dataset} documents, {args.threads} threads, "
+    print(f"\n{len(docs)} {args.dataset} documents, {args.threads} torch threads, "
           f"{args.concurrency} concurrent requests of {args.request_size} texts")
-    print_table(rows, ["path", "texts_per_s", "pairs_per_s", "ratio"])
-    path = write_result("teacher_throughput", {"args": vars(args), "rows": rows})
-    print(f"wrote {path}")
+    print_table(rows, ["teacher", "workload", "path", "per_s", "ratio"])
+    print(f"wrote {write_result('teacher_throughput', {'args': vars(args), 'rows': rows})}")
+
+
+def merge(op: str, payloads: list[dict]) -> list[dict]:
+    """The baseline's batching: one call with every text of the workload (matrix requests stay
+    separate: each is its own in-batch matrix)."""
+    if op == "encode":
+        return [{"texts": [t for p in payloads for t in p["texts"]], "role": payloads[0]["role"]}]
+    if payloads[0]["mode"] == "pairs":
+        return [{"queries": [q for p in payloads for q in p["queries"]],
+                 "documents": [d for p in payloads for d in p["documents"]], "mode": "pairs"}]
+    return payloads
 
 
 if __name__ == "__main__":

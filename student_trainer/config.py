@@ -77,7 +77,7 @@ class TrainConfig(StrictModel):
 class EvalConfig(StrictModel):
     k_values: list[int] = Field(default_factory=lambda: [5, 20, 100, 1000])
     evaluate_teacher: bool = Field(True, description="Also evaluate the teacher, for the retained fraction.")
-    evaluate_untrained: bool = Field(False, description="Also evaluate the student before training.")
+    evaluate_untrained: bool = Field(False, description="Also evaluate the (asymmetric) student before training.")
 
 
 class RunConfig(StrictModel):

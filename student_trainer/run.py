@@ -205,16 +205,20 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
 
     t = time.perf_counter()
     exported = ExportedStudent(student_dir)
-    if not student.asymmetric:
-        raise ConfigError("evaluating symmetric students needs their own document index: not supported by this run yet")
     encoders: dict[str, Any] = {}
     if run.eval.evaluate_teacher:
         encoders["teacher"] = lambda texts: client.encode_many(texts, role="query")
-    encoders["student"] = exported.encode_queries
-    if run.eval.evaluate_untrained:
+    if student.asymmetric:
+        encoders["student"] = exported.encode_queries
+    if run.eval.evaluate_untrained and student.asymmetric:
         untrained = DualEncoderStudent(run.student, teacher_dim=info["dim"])
         encoders["untrained student"] = lambda texts: untrained.encode_queries(texts).numpy()
     reports, query_emb = evaluate(run, dataset, doc_index, encoders)
+    if not student.asymmetric:  # a symmetric student searches its own index of the corpus
+        own = DocEmbeddings(list(dataset.doc_ids), exported.encode_documents(dataset.doc_texts, show_progress=show_progress))
+        student_reports, student_emb = evaluate(run, dataset, own, {"student": exported.encode_queries})
+        reports.update(student_reports)
+        query_emb.update(student_emb)
     timings["eval_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
 
@@ -235,7 +239,8 @@ def build_metrics(run: RunConfig, info: dict[str, Any], reports: dict[str, Metri
         "teacher": {"name": info["name"], "kind": info["kind"], "checkpoint": info["checkpoint"]},
         "metrics": {name: r.aggregate for name, r in reports.items()},
         "num_eval_queries": next(iter(reports.values())).num_queries if reports else 0,
-        "parameters": {"teacher": info.get("parameters"), "student": sum(student.parameter_counts().values())},
+        "parameters": {"teacher": info.get("parameters"),
+                       "student": student.parameter_counts()["query_encoder"] + student.parameter_counts()["projection"]},
         "student_parameters": student.parameter_counts(),
         "steps": state.get("global_step"),
         "timings": timings,

@@ -50,6 +50,15 @@ class Encoded:
         offsets = np.concatenate([[0], np.cumsum(self.lengths)])
         return Encoded(self.pooled[start:stop], self.tokens[offsets[start] : offsets[stop]], self.lengths[start:stop])
 
+    def select(self, rows: np.ndarray | list[int]) -> Encoded:
+        """Arbitrary rows, in the given order (e.g. one query's candidate documents)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.tokens is None or self.lengths is None:
+            return Encoded(self.pooled[rows])
+        offsets = np.concatenate([[0], np.cumsum(self.lengths)])
+        tokens = np.concatenate([self.tokens[offsets[r] : offsets[r + 1]] for r in rows]) if len(rows) else self.tokens[:0]
+        return Encoded(self.pooled[rows], tokens, self.lengths[rows])
+
     @staticmethod
     def concat(parts: list[Encoded]) -> Encoded:
         pooled = np.concatenate([p.pooled for p in parts])

@@ -97,11 +97,16 @@ def test_export_loads_in_sentence_transformers(tiny_bert_dir, tmp_path):
     np.testing.assert_allclose(ExportedStudent(path).encode_queries(texts), ours, rtol=1e-4, atol=1e-5)
 
 
-def test_label_free_run_on_a_bare_corpus(teacher_app, tiny_bert_dir, mini_beir, tmp_path):
-    """No training queries or qrels: pseudo-queries from the corpus, labelled by the teacher online;
-    the whole run (index, examples, Train, export, eval, report) completes."""
-    run = tiny_run(tmp_path, tiny_bert_dir, mini_beir, max_steps=2, num_workers=1)
-    run = run.model_copy(update={"data": run.data.model_copy(update={"train_split": None, "pseudo_queries": 40})})
+def test_label_free_symmetric_run_on_a_bare_corpus(teacher_app, tiny_bert_dir, mini_beir, tmp_path):
+    """No training queries or qrels: pseudo-queries from the corpus, labelled by the teacher online.
+    A symmetric student (it encodes documents too, matched to the teacher's document embeddings);
+    the whole run (index, examples, Train, export, eval on its own index, report) completes."""
+    run = tiny_run(tmp_path, tiny_bert_dir, mini_beir, max_steps=2, num_workers=1,
+                   losses={"in_batch_kl": {}, "query_embedding": {}, "document_embedding": {"weight": 0.5}})
+    run = run.model_copy(update={
+        "data": run.data.model_copy(update={"train_split": None, "pseudo_queries": 40}),
+        "student": run.student.model_copy(update={"asymmetric": False}),
+    })
     result = run_distillation(run, show_progress=False)
     table = pq.read_table(result.run_dir / "data" / "train.parquet")
     assert table.num_rows == 40 and all(q.startswith("pseudo-") for q in table.column("query_id").to_pylist())
@@ -110,6 +115,7 @@ def test_label_free_run_on_a_bare_corpus(teacher_app, tiny_bert_dir, mini_beir, 
     assert (result.student_dir / "modules.json").is_file()
     metrics = result.metrics
     assert set(metrics["metrics"]) == {"teacher", "student"} and metrics["steps"] == 2
+    assert {"query_embedding", "document_embedding", "in_batch_kl"} <= set(result.history[-1])
     assert metrics["num_eval_queries"] == 24 and 0 <= metrics["metrics"]["student"]["nDCG@10"] <= 1
     for name in ("metrics.json", "report.md", "loss_curves.png", "metrics.png", "query_cosine.png"):
         assert (result.run_dir / name).is_file(), name
