@@ -115,7 +115,7 @@ def main() -> None:
     from teacher_service.client import TeacherClient
     from teacher_service.spec import ServiceConfig
 
-    init_ray(num_cpus=args.threads + 2)
+    init_ray(num_cpus=args.threads * len(teacher_specs) + 2)  # every replica must fit at once
     deploy(ServiceConfig.model_validate({"teachers": teacher_specs}), http_options={"host": "127.0.0.1", "port": 8000})
     clients = {"handle": TeacherClient.from_serve(), "HTTP (Arrow)": TeacherClient.from_url("http://127.0.0.1:8000", arrow=True)}
     rows = []

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 import torch
@@ -105,9 +105,13 @@ class Teacher(ABC):
     kind: ClassVar[str]
     signals_offered: ClassVar[tuple[str, ...]]
 
-    def __init__(self, name: str, checkpoint: str) -> None:
+    def __init__(self, name: str, checkpoint: str, options: Any = None, device: str = "cpu",
+                 token_budget: int = 16384) -> None:
         self.name = name
         self.checkpoint = checkpoint
+        self.options = options
+        self.device = torch.device(device)
+        self.token_budget = token_budget  # padded tokens per forward pass (length-sorted batches)
 
     @abstractmethod
     def _info(self) -> TeacherInfo:

@@ -135,10 +135,7 @@ class ColBERTTeacher(RepresentationTeacher):
 
     def __init__(self, name: str, checkpoint: str, options: ColBERTOptions, device: str = "cpu",
                  dtype: str = "float32", token_budget: int = 16384) -> None:
-        super().__init__(name, checkpoint)
-        self.options = options
-        self.token_budget = token_budget
-        self.device = torch.device(device)
+        super().__init__(name, checkpoint, options, device, token_budget)
         model_dir = resolve_model(checkpoint)
         meta = read_metadata(model_dir)
         if meta.get("similarity", "cosine") != "cosine":
