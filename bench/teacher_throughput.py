@@ -106,7 +106,6 @@ def main() -> None:
             merged = merge(op, payloads)
             teacher.run(parse_request(op, {"teacher": spec["name"], **merged[0]}))  # warm-up
             baseline[(spec["name"], name)] = timed(lambda: [teacher.run(parse_request(op, {"teacher": spec["name"], **m})) for m in merged])
-        del teacher
 
     from ray import serve
 

@@ -27,6 +27,7 @@ QRELS_SCHEMA = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("
 TRIPLES_SCHEMA = pa.schema([("query", pa.string()), ("positive", pa.string()), ("negative", pa.string())])
 
 Qrels = dict[str, dict[str, int]]
+EMPTY_DOCUMENT = " "
 
 
 class DataError(ValueError):
@@ -161,7 +162,11 @@ class BeirDataset:
         """Document texts as sentence-transformers models see them: ``title + " " + text``."""
         titles = self.corpus.column("title").to_pylist()
         texts = self.corpus.column("text").to_pylist()
-        return [f"{t} {x}".strip() if t else x for t, x in zip(titles, texts)]
+        joined = [f"{t} {x}".strip() if t else x.strip() for t, x in zip(titles, texts)]
+        # A document with neither title nor text (cranfield has two) keeps its row, so ids and
+        # embeddings stay aligned, and is encoded as whitespace: only the encoder's special
+        # tokens, a content-free embedding. Encoders and the teacher API refuse empty strings.
+        return [text or EMPTY_DOCUMENT for text in joined]
 
     def splits(self) -> list[str]:
         return sorted(p.stem for p in (self.path / "qrels").glob("*.tsv"))

@@ -118,6 +118,13 @@ def test_bundled_scifact_loads():
     assert ds.doc_texts[0].startswith(ds.corpus.column("title")[0].as_py())
 
 
+def test_empty_documents_keep_their_row_and_encode():
+    ds = load_beir("cranfield")
+    empty = [d for d, t in zip(ds.doc_ids, ds.doc_texts) if not t.strip()]
+    assert empty == ["471", "995"] and len(ds.doc_texts) == len(ds.doc_ids)
+    assert all(ds.doc_texts[ds.doc_index[d]] for d in empty)  # non-empty strings the API accepts
+
+
 def test_wikiqa_candidates_load():
     ds = load_beir("wikiqa")
     cands = ds.candidates("test")

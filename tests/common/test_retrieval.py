@@ -60,28 +60,6 @@ def test_retrieve_returns_run(data):
     assert report.aggregate == {"MRR@10": 1.0, "nDCG@10": 1.0, "R@5": 1.0}
 
 
-def test_gpu_path_with_stubbed_faiss_gpu(monkeypatch, data):
-    """CI has no GPU: stub faiss's GPU API with CPU objects to exercise the GPU branch and its k fallback."""
-    import faiss
-
-    from common import retrieval
-
-    calls = []
-    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1, raising=False)
-    monkeypatch.setattr(faiss, "StandardGpuResources", lambda: object(), raising=False)
-    monkeypatch.setattr(faiss, "index_cpu_to_gpu", lambda res, dev, idx: calls.append("to_gpu") or idx, raising=False)
-    monkeypatch.setattr(faiss, "index_gpu_to_cpu", lambda idx: calls.append("to_cpu") or faiss.clone_index(idx),
-                        raising=False)
-    monkeypatch.setattr(retrieval, "GPU_MAX_K", 50)
-    doc_ids, docs, _, queries = data
-    index = DenseIndex.from_embeddings(doc_ids, docs)
-    assert index.on_gpu and calls == ["to_gpu"]
-    _, ref_rows = _brute_force(docs, queries, 100)
-    assert index.search(queries, 10)[1] == [[doc_ids[r] for r in row[:10]] for row in ref_rows]
-    assert index.search(queries, 100)[1] == [[doc_ids[r] for r in row] for row in ref_rows]
-    assert calls == ["to_gpu", "to_cpu"]
-
-
 def test_save_load_roundtrip_through_parquet(tmp_path, data):
     doc_ids, docs, _, queries = data
     index = DenseIndex.from_embeddings(doc_ids, docs, use_gpu=False)
