@@ -84,7 +84,7 @@ class RunConfig(StrictModel):
     """A whole distillation run."""
 
     name: str = Field("default", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name: outputs go to <output_dir>/<name>/.")
-    output_dir: Path = Field(Path("runs"), description="Where run folders are written.")
+    output_dir: Path = Field(Path("runs"), validate_default=True, description="Where run folders are written (made absolute: Ray Train needs an absolute storage path).")
     teacher: TeacherRef = Field(default_factory=TeacherRef)
     student: StudentConfig = Field(default_factory=StudentConfig)
     data: DataConfig = Field(default_factory=DataConfig)

@@ -35,6 +35,7 @@ def test_serve_configs_validate(path):
 @pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)
 def test_run_configs_validate(path):
     run = load_run_config(path)
+    assert run.run_dir.is_absolute()  # also when output_dir is left to its default
     if run.teacher.serve_config is not None:
         assert (DEPLOY.parent / run.teacher.serve_config).is_file()
 
