@@ -234,14 +234,14 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
 
 def build_metrics(run: RunConfig, info: dict[str, Any], reports: dict[str, MetricReport], student: DualEncoderStudent,
                   timings: dict[str, float], state: dict[str, Any]) -> dict[str, Any]:
+    counts = student.parameter_counts()
     out: dict[str, Any] = {
         "run": run.name, "dataset": run.data.dataset, "split": run.data.eval_split,
         "teacher": {"name": info["name"], "kind": info["kind"], "checkpoint": info["checkpoint"]},
         "metrics": {name: r.aggregate for name, r in reports.items()},
         "num_eval_queries": next(iter(reports.values())).num_queries if reports else 0,
-        "parameters": {"teacher": info.get("parameters"),
-                       "student": student.parameter_counts()["query_encoder"] + student.parameter_counts()["projection"]},
-        "student_parameters": student.parameter_counts(),
+        "parameters": {"teacher": info.get("parameters"), "student": counts["query_encoder"] + counts["projection"]},
+        "student_parameters": counts,
         "steps": state.get("global_step"),
         "timings": timings,
     }
