@@ -22,6 +22,7 @@ from ray import serve
 
 from teacher_service.kinds import Encoded, PairOutput, Teacher, build_teacher
 from teacher_service.schemas import Role, ServiceLimits, check_limits, parse_request
+from teacher_service.signal_cache import CachedPrimitives, EncodingCache, teacher_fingerprint
 from teacher_service.spec import TeacherSpec
 
 # Serve measures a batch by this estimate; a text's true token count is only known after
@@ -154,6 +155,7 @@ class TeacherReplica:
             # The service-wide cap binds too: the tighter of the kind's option and the limit.
             options.max_matrix_pairs = min(options.max_matrix_pairs, self.limits.max_matrix_pairs)
         self.info = self.teacher.describe()
+        self.cache = EncodingCache(self.spec.cache, teacher_fingerprint(self.info.model_dump(), self.spec.options, self.spec.dtype))
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="teacher-forward")
         self._ops = ThreadPoolExecutor(max_workers=self.spec.max_ongoing_requests, thread_name_prefix="teacher-op")
         for batcher in (self.encode_batch, self.pairs_batch):
@@ -165,14 +167,22 @@ class TeacherReplica:
         return self.info.model_dump()
 
     async def stats(self) -> dict[str, Any]:
-        return {**self.counters, "pid": os.getpid()}
+        return {**self.counters, **self.cache.stats(), "pid": os.getpid()}
+
+    def __del__(self) -> None:  # Serve's graceful shutdown: persist what the disk tier still buffers
+        cache = getattr(self, "cache", None)
+        if cache is not None:
+            cache.flush()
 
     async def run(self, op: str, payload: Any) -> dict[str, np.ndarray]:
         """Answer one request: ``op`` in {'encode', 'score', 'signals'}; returns named float32 arrays."""
         request = parse_request(op, payload)
         check_limits(request, self.limits)
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(self._ops, self.teacher.run, request, BatchedPrimitives(self, loop))
+        prims: Any = BatchedPrimitives(self, loop)
+        if self.cache.enabled:
+            prims = CachedPrimitives(prims, self.cache)
+        result = await loop.run_in_executor(self._ops, self.teacher.run, request, prims)
         self.counters["requests"] += 1
         return result
 

@@ -14,6 +14,13 @@ from common.config import StrictModel
 from teacher_service.schemas import ServiceLimits
 
 
+class CacheConfig(StrictModel):
+    """A teacher's signal cache (see :mod:`teacher_service.signal_cache`)."""
+
+    max_bytes: int = Field(256 * 2**20, ge=0, description="Memory budget of each replica's encoding cache in bytes (0 disables it).")
+    disk_dir: str | None = Field(None, description="Also keep encodings as parquet under this folder (one subfolder per teacher), read back on start.")
+
+
 class TeacherSpec(StrictModel):
     """One frozen teacher, deployed as its own Serve deployment so it scales on its own nodes."""
 
@@ -32,6 +39,7 @@ class TeacherSpec(StrictModel):
     batch_wait_timeout_s: float = Field(0.005, ge=0, description="Dynamic batching: how long a batch waits for more requests.")
     token_budget: int = Field(16384, ge=64, description="Padded tokens per forward pass (length-sorted batching).")
     torch_threads: int | None = Field(None, ge=1, description="Intra-op threads; default: the replica's num_cpus.")
+    cache: CacheConfig = Field(default_factory=CacheConfig, description="Cache of computed encodings, so repeated texts are never re-encoded.")
 
     @model_validator(mode="after")
     def _autoscaling_needs_auto(self) -> TeacherSpec:

@@ -93,7 +93,9 @@ def http_port(ray_session) -> int:
 def teacher_specs(tiny_bert_dir: Path) -> list[dict]:
     tiny = {"ray_actor_options": {"num_cpus": 0.5}, "batch_wait_timeout_s": 0.05}
     return [
-        {"name": "tiny", "kind": "dual_encoder", "checkpoint": str(tiny_bert_dir), **tiny},
+        # "tiny" runs without the signal cache, so tests of dynamic batching see every request
+        # reach the batcher; the other teachers keep the default cache.
+        {"name": "tiny", "kind": "dual_encoder", "checkpoint": str(tiny_bert_dir), "cache": {"max_bytes": 0}, **tiny},
         {"name": "tiny-cls-cos", "kind": "dual_encoder", "checkpoint": str(tiny_bert_dir),
          "options": {"pooling": "cls", "similarity": "cosine", "max_query_length": 16}, **tiny},
         {"name": "minilm", "kind": "dual_encoder", "checkpoint": "minilm-l6", "ray_actor_options": {"num_cpus": 0.5}},
