@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -54,32 +55,47 @@ def resolve_dataset(name_or_dir: str | Path) -> Path:
     return path
 
 
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Numbered lines of a UTF-8 text file, without their line ending. Each line is decoded on
+    its own, so bytes that are not UTF-8 are a :class:`DataError` naming the line (decoding the
+    whole file would only say a byte offset, and not as a DataError)."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 (byte {exc.start + 1} of the line)") from None
+            yield lineno, line.rstrip("\r\n")
+
+
 def _read_jsonl(path: Path, fields: dict[str, bool]) -> dict[str, list[str]]:
     """Read string fields from a JSONL file. ``fields`` maps output name -> required."""
     columns: dict[str, list[str]] = {name: [] for name in fields}
     seen: set[str] = set()
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object")
-            for name, required in fields.items():
-                key = "_id" if name == "id" else name
-                value = row.get(key)
-                if value is None and required:
-                    raise DataError(f"{path}:{lineno}: missing field '{key}'")
-                if value is not None and not isinstance(value, (str, int)):
-                    raise DataError(f"{path}:{lineno}: field '{key}' must be a string")
-                columns[name].append("" if value is None else str(value))
-            doc_id = columns["id"][-1]
-            if doc_id in seen:
-                raise DataError(f"{path}:{lineno}: duplicate id '{doc_id}'")
-            seen.add(doc_id)
+    for lineno, line in _text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        except (ValueError, RecursionError) as exc:  # integers over Python's digit limit, absurd nesting
+            raise DataError(f"{path}:{lineno}: not valid JSON ({type(exc).__name__}: {str(exc)[:100]})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object")
+        for name, required in fields.items():
+            key = "_id" if name == "id" else name
+            value = row.get(key)
+            if value is None and required:
+                raise DataError(f"{path}:{lineno}: missing field '{key}'")
+            # Integer ids are common (BEIR's own files have them); a JSON true/false is not an id or a text.
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
+                raise DataError(f"{path}:{lineno}: field '{key}' must be a string")
+            columns[name].append("" if value is None else str(value))
+        doc_id = columns["id"][-1]
+        if doc_id in seen:
+            raise DataError(f"{path}:{lineno}: duplicate id '{doc_id}'")
+        seen.add(doc_id)
     return columns
 
 
@@ -98,29 +114,28 @@ def read_pairs_tsv(path: Path, with_score: bool, known_queries: set[str], known_
     qids: list[str] = []
     dids: list[str] = []
     scores: list[int] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            parts = line.rstrip("\n").split("\t")
-            if lineno == 1 and parts[0] in ("query-id", "query_id", "qid"):
-                continue
-            if not line.strip():
-                continue
-            if len(parts) < (3 if with_score else 2):
-                raise DataError(f"{path}:{lineno}: expected tab-separated query-id, corpus-id" + (", score" if with_score else ""))
-            qid, did = parts[0], parts[1]
-            if qid not in known_queries:
-                raise DataError(f"{path}:{lineno}: unknown query id '{qid}' (not in queries.jsonl)")
-            if did not in known_docs:
-                raise DataError(f"{path}:{lineno}: unknown corpus id '{did}' (not in corpus.jsonl)")
-            qids.append(qid)
-            dids.append(did)
-            if with_score:
-                try:
-                    scores.append(int(float(parts[2])))
-                except ValueError:
-                    raise DataError(f"{path}:{lineno}: score '{parts[2]}' is not a number") from None
-            else:
-                scores.append(1)
+    for lineno, line in _text_lines(path):
+        parts = line.split("\t")
+        if lineno == 1 and parts[0] in ("query-id", "query_id", "qid"):
+            continue
+        if not line.strip():
+            continue
+        if len(parts) < (3 if with_score else 2):
+            raise DataError(f"{path}:{lineno}: expected tab-separated query-id, corpus-id" + (", score" if with_score else ""))
+        qid, did = parts[0], parts[1]
+        if qid not in known_queries:
+            raise DataError(f"{path}:{lineno}: unknown query id '{qid}' (not in queries.jsonl)")
+        if did not in known_docs:
+            raise DataError(f"{path}:{lineno}: unknown corpus id '{did}' (not in corpus.jsonl)")
+        qids.append(qid)
+        dids.append(did)
+        if with_score:
+            try:
+                scores.append(int(float(parts[2])))
+            except (ValueError, OverflowError):  # OverflowError: 'inf' parses as a float but is no grade
+                raise DataError(f"{path}:{lineno}: score '{parts[2]}' is not a number") from None
+        else:
+            scores.append(1)
     return pa.Table.from_pydict({"query_id": qids, "doc_id": dids, "score": scores}, schema=QRELS_SCHEMA)
 
 
@@ -212,15 +227,14 @@ def read_triples_tsv(path: str | Path) -> pa.Table:
     """MS MARCO style ``query<TAB>positive<TAB>negative`` text triples (no header)."""
     path = Path(path)
     cols: dict[str, list[str]] = {"query": [], "positive": [], "negative": []}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\n").split("\t")
-            if len(parts) != 3:
-                raise DataError(f"{path}:{lineno}: expected 3 tab-separated fields (query, positive, negative), got {len(parts)}")
-            for name, value in zip(cols, parts):
-                cols[name].append(value)
+    for lineno, line in _text_lines(path):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 3:
+            raise DataError(f"{path}:{lineno}: expected 3 tab-separated fields (query, positive, negative), got {len(parts)}")
+        for name, value in zip(cols, parts):
+            cols[name].append(value)
     return pa.Table.from_pydict(cols, schema=TRIPLES_SCHEMA)
 
 
