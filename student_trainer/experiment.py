@@ -1,0 +1,208 @@
+"""Experiments: a table of distillation runs (rows x datasets x seeds) from one YAML file.
+
+An experiment file names a base run config, the overrides every run shares, and one entry per
+row with that row's overrides (the same dotted keys as ``tightdistill train --set``)::
+
+    name: ablation
+    base: deploy/default.yaml
+    datasets: [scifact, wikiqa]
+    seeds: [13]
+    set: {train.max_steps: 120}
+    rows:
+      - {name: one-hot, description: "student trained on the labels", set: {train.losses: {onehot_ce: {}}}}
+
+``tightdistill experiment FILE`` runs every (dataset, row, seed) in turn on one Ray instance and
+one teacher app, then writes ``<results_dir>/<name>.md`` and ``.json`` with each row's test
+nDCG@10, MRR@10, R@100, the fraction of the teacher retained and the training wall time (mean and
+spread over seeds), plus the exact command and commit. A run whose folder already holds the
+metrics of the same config is reused, so an interrupted experiment loses no finished row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
+
+from common.config import ConfigError, StrictModel, load_config
+from student_trainer.config import RunConfig, load_run_config
+
+TABLE_METRICS = ("nDCG@10", "MRR@10", "R@100")
+
+
+class ExperimentRow(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Row name (also part of each run's folder name).")
+    description: str = Field("", description="What the row adds, as printed in the table.")
+    set: dict[str, Any] = Field(default_factory=dict, description="Dotted run-config overrides for this row.")
+    seeds: list[int] | None = Field(None, min_length=1, description="Seeds for this row (default: the experiment's).")
+    datasets: list[str] | None = Field(None, min_length=1, description="Datasets for this row (default: the experiment's).")
+
+
+class ExperimentConfig(StrictModel):
+    """A table of runs: every row on every dataset, once per seed."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    base: Path = Field(description="Run config every row starts from.")
+    output_dir: Path = Field(Path("runs/experiments"), description="Where the runs' folders go.")
+    results_dir: Path = Field(Path("docs/results"), description="Where the Markdown and JSON tables go.")
+    datasets: list[str] = Field(default_factory=lambda: ["scifact"], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [13], min_length=1)
+    set: dict[str, Any] = Field(default_factory=dict, description="Dotted overrides shared by every run.")
+    rows: list[ExperimentRow] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_rows(self) -> ExperimentConfig:
+        names = [r.name for r in self.rows]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate row names: {', '.join(dupes)}")
+        return self
+
+    def runs(self) -> list[tuple[ExperimentRow, str, int, RunConfig]]:
+        """Every (row, dataset, seed) with its validated run config, in table order."""
+        out = []
+        for row in self.rows:
+            for dataset in row.datasets or self.datasets:
+                for seed in row.seeds or self.seeds:
+                    overrides = {**self.set, **row.set, "data.dataset": dataset, "train.seed": seed,
+                                 "name": f"{self.name}-{Path(dataset).name}-{row.name}-s{seed}", "output_dir": str(self.output_dir)}
+                    out.append((row, dataset, seed, load_run_config(self.base, overrides)))
+        return out
+
+
+def finished_metrics(run: RunConfig) -> dict[str, Any] | None:
+    """The metrics of an earlier run of exactly this config, if its folder has them."""
+    metrics, config = run.run_dir / "metrics.json", run.run_dir / "config.json"
+    if not (metrics.is_file() and config.is_file()):
+        return None
+    if json.loads(config.read_text()) != json.loads(run.model_dump_json()):
+        return None
+    return json.loads(metrics.read_text())
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def collect_rows(experiment: ExperimentConfig, results: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[str, Any]:
+    """The table: per dataset, the teacher and each row's metrics (mean/std over seeds)."""
+    table: dict[str, Any] = {}
+    for dataset in dict.fromkeys(d for row in experiment.rows for d in (row.datasets or experiment.datasets)):
+        entries: list[dict[str, Any]] = []
+        teacher = next((m["metrics"]["teacher"] for (_, d), ms in results.items() if d == dataset for m in ms
+                        if "teacher" in m["metrics"]), None)
+        for row in experiment.rows:
+            ms = results.get((row.name, dataset), [])
+            if not ms:
+                continue
+            entry: dict[str, Any] = {"row": row.name, "description": row.description, "seeds": [m["seed"] for m in ms]}
+            for metric in TABLE_METRICS:
+                entry[metric] = summarise([m["metrics"]["student"][metric] for m in ms])
+            entry["retained"] = summarise([m["retained"]["nDCG@10"] for m in ms]) if teacher else None
+            entry["train_s"] = summarise([m["timings"]["train_s"] for m in ms])
+            entry["steps"] = ms[0]["steps"]
+            entry["runs"] = [m["run"] for m in ms]
+            entries.append(entry)
+        table[dataset] = {"teacher": {k: teacher[k] for k in TABLE_METRICS} if teacher else None, "rows": entries}
+    return table
+
+
+def provenance(argv: list[str]) -> dict[str, str]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            return "unknown"
+
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"command": "tightdistill experiment " + shlex.join(argv), "commit": git("rev-parse", "HEAD") + (" (dirty tree)" if dirty else ""),
+            "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
+            f"{os.cpu_count()} cores, Python {platform.python_version()}"}
+
+
+def _cell(stat: dict[str, float] | None, digits: int = 3) -> str:
+    if stat is None:
+        return "-"
+    return f"{stat['mean']:.{digits}f}" + (f" ± {stat['std']:.{digits}f}" if stat["n"] > 1 else "")
+
+
+def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: dict[str, str]) -> str:
+    lines = [f"# {experiment.name}", ""]
+    if experiment.description:
+        lines += [experiment.description.strip(), ""]
+    lines += [f"Command: `{meta['command']}`  ", f"Commit: `{meta['commit']}`  ", f"Date: {meta['date']}; machine: {meta['machine']}", ""]
+    for dataset, block in table.items():
+        lines += [f"## {dataset} (test)", "", "| row | nDCG@10 | MRR@10 | R@100 | retained (nDCG@10) | steps | train wall (s) |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        if block["teacher"]:
+            t = block["teacher"]
+            lines.append(f"| teacher | {t['nDCG@10']:.3f} | {t['MRR@10']:.3f} | {t['R@100']:.3f} | 1.000 | - | - |")
+        for e in block["rows"]:
+            label = f"{e['row']}: {e['description']}" if e["description"] else e["row"]
+            lines.append(f"| {label} | {_cell(e['nDCG@10'])} | {_cell(e['MRR@10'])} | {_cell(e['R@100'])} | "
+                         f"{_cell(e['retained'])} | {e['steps']} | {_cell(e['train_s'], 0)} |")
+        lines.append("")
+    lines.append("Mean ± sample standard deviation over seeds where a row ran with more than one.")
+    return "\n".join(lines) + "\n"
+
+
+def run_experiment(experiment: ExperimentConfig, argv: list[str], only: list[str] | None = None,
+                   address: str | None = None) -> dict[str, Any]:
+    from student_trainer.run import run_distillation
+
+    planned = [r for r in experiment.runs() if not only or r[0].name in only]
+    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for i, (row, dataset, seed, run) in enumerate(planned, start=1):
+        metrics = finished_metrics(run)
+        state = "reused" if metrics is not None else "running"
+        print(f"[{i}/{len(planned)}] {row.name} on {dataset}, seed {seed}: {state} ({run.run_dir})", file=sys.stderr, flush=True)
+        if metrics is None:
+            metrics = run_distillation(run, address=address).metrics
+        results.setdefault((row.name, dataset), []).append({**metrics, "seed": seed})
+    table = collect_rows(experiment, results)
+    meta = provenance(argv)
+    experiment.results_dir.mkdir(parents=True, exist_ok=True)
+    out = {"experiment": experiment.name, **meta, "tables": table}
+    (experiment.results_dir / f"{experiment.name}.json").write_text(json.dumps(out, indent=2))
+    (experiment.results_dir / f"{experiment.name}.md").write_text(render_markdown(experiment, table, meta))
+    return out
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("experiment", help="run a table of distillation runs (an ablation) from one YAML file",
+                       description="Run every row of an experiment file on each dataset and seed, then write the "
+                                   "table as Markdown and JSON under its results_dir. Finished runs are reused.")
+    p.add_argument("file", type=Path, help="experiment YAML, e.g. deploy/experiments/ablation.yaml")
+    p.add_argument("--only", nargs="+", metavar="ROW", help="run only these rows (the table then holds only them)")
+    p.add_argument("--dry-run", action="store_true", help="validate every run's config and list the runs, without running")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: an embedded local Ray)")
+    p.set_defaults(handler=experiment_command)
+
+
+def experiment_command(args: argparse.Namespace) -> int:
+    experiment = load_config(ExperimentConfig, args.file)
+    if args.only:
+        unknown = sorted(set(args.only) - {r.name for r in experiment.rows})
+        if unknown:
+            raise ConfigError(f"{args.file}: no row named {', '.join(unknown)}")
+    planned = experiment.runs()  # every override is validated before anything runs
+    if args.dry_run:
+        for row, dataset, seed, run in planned:
+            if not args.only or row.name in args.only:
+                print(f"{row.name:<24} {dataset:<10} seed {seed:<4} -> {run.run_dir}")
+        return 0
+    argv = [str(args.file)] + (["--only", *args.only] if args.only else [])
+    out = run_experiment(experiment, argv, args.only, args.address)
+    print(f"wrote {experiment.results_dir / (experiment.name + '.md')} ({sum(len(b['rows']) for b in out['tables'].values())} rows)")
+    return 0

@@ -1,0 +1,82 @@
+"""Experiments: a table of real (tiny) distillation runs, written as Markdown and JSON, resumable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from common.config import ConfigError, load_config
+from student_trainer.experiment import ExperimentConfig, ExperimentRow, collect_rows, run_experiment
+
+
+def write_base(path: Path, tiny_bert_dir: Path, mini_beir: Path) -> Path:
+    path.write_text(yaml.safe_dump({
+        "teacher": {"teacher": "tiny", "app_name": "tightdistill", "serve_config": None},
+        "student": {"model": str(tiny_bert_dir), "num_layers": 1},
+        "data": {"dataset": str(mini_beir), "num_negatives": 1},
+        "train": {"batch_size": 8, "num_workers": 1, "cpus_per_worker": 0.5, "report_every": 2, "checkpoint_every": 2,
+                  "epochs": 1, "max_steps": 2},
+    }))
+    return path
+
+
+def test_collect_rows_means_and_spreads_over_seeds():
+    def metrics(ndcg: float, seed: int) -> dict:
+        student = {"nDCG@10": ndcg, "MRR@10": ndcg / 2, "R@100": 0.9}
+        return {"run": f"r{seed}", "seed": seed, "steps": 10, "timings": {"train_s": 100.0 + seed},
+                "metrics": {"teacher": {"nDCG@10": 0.5, "MRR@10": 0.4, "R@100": 1.0}, "student": student},
+                "retained": {"nDCG@10": ndcg / 0.5}}
+
+    exp = ExperimentConfig(name="x", base=Path("b.yaml"), seeds=[1, 2], rows=[ExperimentRow(name="a")])
+    table = collect_rows(exp, {("a", "scifact"): [metrics(0.3, 1), metrics(0.4, 2)]})
+    row = table["scifact"]["rows"][0]
+    assert row["nDCG@10"]["mean"] == pytest.approx(0.35)
+    assert row["nDCG@10"]["std"] == pytest.approx(0.0707107, rel=1e-5)  # sample std of {0.3, 0.4}
+    assert row["retained"]["mean"] == pytest.approx(0.7)
+    assert row["train_s"]["mean"] == pytest.approx(101.5) and row["seeds"] == [1, 2]
+    assert table["scifact"]["teacher"]["nDCG@10"] == 0.5
+
+
+def test_bad_experiment_files_name_the_problem(tmp_path, tiny_bert_dir, mini_beir):
+    base = write_base(tmp_path / "base.yaml", tiny_bert_dir, mini_beir)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "x", "base": str(base), "rows": [{"name": "a", "set": {"train.lr": -1}}]}))
+    with pytest.raises(ConfigError, match="lr"):
+        load_config(ExperimentConfig, bad).runs()
+    bad.write_text(yaml.safe_dump({"name": "x", "base": str(base), "rows": [{"name": "a"}, {"name": "a"}]}))
+    with pytest.raises(ConfigError, match="duplicate row names: a"):
+        load_config(ExperimentConfig, bad)
+
+
+def test_experiment_runs_rows_writes_the_table_and_reuses_finished_runs(teacher_app, tiny_bert_dir, mini_beir, tmp_path):
+    from ray import serve
+
+    base = write_base(tmp_path / "base.yaml", tiny_bert_dir, mini_beir)
+    exp = ExperimentConfig.model_validate({
+        "name": "tiny-ablation", "base": str(base), "output_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
+        "datasets": [str(mini_beir)],
+        "rows": [{"name": "kl", "description": "in-batch KL", "set": {"train.losses": {"in_batch_kl": {"weight": 1.0}}}},
+                 {"name": "mmse", "description": "Margin-MSE", "set": {"train.losses": {"margin_mse": {"weight": 1.0}}}}],
+    })
+    out = run_experiment(exp, ["exp.yaml"])
+    block = out["tables"][str(mini_beir)]
+    assert [r["row"] for r in block["rows"]] == ["kl", "mmse"]
+    for row in block["rows"]:
+        run_metrics = json.loads((tmp_path / "runs" / row["runs"][0] / "metrics.json").read_text())
+        assert row["nDCG@10"]["mean"] == run_metrics["metrics"]["student"]["nDCG@10"]
+        assert row["retained"]["mean"] == pytest.approx(run_metrics["metrics"]["student"]["nDCG@10"]
+                                                        / run_metrics["metrics"]["teacher"]["nDCG@10"])
+        assert row["steps"] == 2
+    markdown = (tmp_path / "results" / "tiny-ablation.md").read_text()
+    assert "| kl: in-batch KL |" in markdown and "| teacher |" in markdown and "Commit: `" in markdown
+    assert json.loads((tmp_path / "results" / "tiny-ablation.json").read_text())["tables"] == out["tables"]
+
+    # Run again: both runs are found finished and reused, so the teacher is not asked anything.
+    requests = serve.get_deployment_handle("teacher-tiny", "tightdistill").stats.remote
+    before = requests().result()["requests"]
+    again = run_experiment(exp, ["exp.yaml"])
+    assert requests().result()["requests"] == before
+    assert again["tables"] == out["tables"]
