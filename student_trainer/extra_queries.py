@@ -37,3 +37,35 @@ def corpus_pseudo_queries(dataset: BeirDataset, max_queries: int, seed: int, min
     unique = list(dict.fromkeys(c for c in candidates if c))
     order = rng.permutation(len(unique))[:max_queries]
     return [unique[i] for i in order]
+
+
+def perturbed_queries(queries: list[str], per_query: int, seed: int, drop: float = 0.15, min_words: int = 3) -> list[str]:
+    """Model-free variants of the training queries: word dropout, one adjacent swap or a crop.
+
+    The query generator's idea (EmbedDistill §4.3: noisy re-generations near the task's query
+    distribution) without a seq2seq model. Variants equal to a training query are dropped.
+    """
+    rng = np.random.default_rng(seed)
+    seen = set(queries)
+    out: list[str] = []
+    for query in queries:
+        words = query.split()
+        if len(words) < min_words:
+            continue
+        for _ in range(per_query):
+            how = int(rng.integers(3))
+            if how == 0:  # word dropout, never below min_words
+                kept = [w for w in words if rng.random() >= drop]
+                variant = kept if len(kept) >= min_words else words[:min_words]
+            elif how == 1:  # swap one adjacent pair
+                i = int(rng.integers(len(words) - 1))
+                variant = words[:i] + [words[i + 1], words[i]] + words[i + 2 :]
+            else:  # a contiguous crop of at least ~60% of the words
+                length = int(rng.integers(max(min_words, int(0.6 * len(words))), len(words) + 1))
+                start = int(rng.integers(0, len(words) - length + 1))
+                variant = words[start : start + length]
+            text = " ".join(variant)
+            if text not in seen:
+                seen.add(text)
+                out.append(text)
+    return out
