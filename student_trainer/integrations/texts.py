@@ -1,0 +1,93 @@
+"""The batch's raw texts for online losses: a data collator that keeps them, and their extraction.
+
+A live teacher needs the texts of each batch, but sentence-transformers hands a loss only the
+student's tokenized features (``input_ids``, ``attention_mask``, ...). The ways to get them back:
+
+* decode ``input_ids`` with the student's tokenizer (what sentence-transformers' GISTEmbedLoss
+  does for a guide model with another tokenizer): lossy. Uncased vocabularies lower-case, unknown
+  characters become ``[UNK]``, accents and spacing change, the text is already truncated to the
+  *student's* ``max_seq_length`` and carries the student's prompt. The teacher would score
+  different texts than the dataset holds;
+* read texts the trainer keeps: sentence-transformers 6 keeps none. Its collator
+  (``BaseDataCollator.__call__``) tokenizes each column and drops the strings;
+* keep them in the collator: **the choice here**. :class:`TeacherTextCollator` is the stock
+  ``SentenceTransformerDataCollator`` (same fields, same tokenization, prompts and router mapping)
+  that also puts each text column's strings in the batch as ``{column}_raw_text``. The trainer's
+  ``collect_features`` groups every ``{column}_*`` key into that column's feature dict, so the
+  loss finds them under ``features[i]["raw_text"]`` and takes them out before the student's
+  forward pass. The user's script stays an ordinary ``SentenceTransformerTrainer`` call with the
+  documented ``data_collator=`` argument; nothing is patched.
+
+The teacher sees the dataset's strings exactly: no student prompt, no student truncation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sentence_transformers.sentence_transformer.data_collator import SentenceTransformerDataCollator
+from torch import Tensor
+
+# The key a text column's strings travel under, in the batch as ``{column}_raw_text`` and in the
+# column's feature dict (after the trainer strips the ``{column}_`` prefix) as ``raw_text``.
+RAW_TEXT_KEY = "raw_text"
+
+
+@dataclass
+class TeacherTextCollator(SentenceTransformerDataCollator):
+    """``SentenceTransformerDataCollator`` that also keeps each text column's raw strings.
+
+    Use it as the trainer's ``data_collator`` with any loss of
+    :mod:`student_trainer.integrations`; it takes the same arguments as the stock collator::
+
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss,
+                                             data_collator=TeacherTextCollator(model.preprocess))
+
+    A trainer built without ``data_collator`` passes ``args.prompts`` and ``args.router_mapping``
+    to its own collator; with this one, pass them here too
+    (``TeacherTextCollator(model.preprocess, prompts=args.prompts)``) if you use them.
+    """
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = super().__call__(features)
+        if not features:
+            return batch
+        for column, value in features[0].items():
+            # A text column is one the student tokenized; the label and dataset_name columns are not.
+            if isinstance(value, str) and f"{column}_input_ids" in batch:
+                batch[f"{column}_{RAW_TEXT_KEY}"] = [row[column] for row in features]
+        return batch
+
+
+def split_texts(sentence_features: Iterable[dict[str, Any]], owner: str) -> tuple[list[dict[str, Tensor]], list[list[str]]]:
+    """``(features, texts)``: each column's feature dict without its raw texts, and the texts.
+
+    The feature dicts are copies, so the trainer's batch is left as it came; the student never sees
+    the strings (a non-tensor key that differs between columns would also stop
+    sentence-transformers from merging the columns into one forward pass).
+
+    Raises:
+        ValueError: a column has no raw texts (the trainer was built without
+            :class:`TeacherTextCollator`).
+    """
+    features: list[dict[str, Tensor]] = []
+    texts: list[list[str]] = []
+    for column, feature in enumerate(sentence_features):
+        if RAW_TEXT_KEY not in feature:
+            raise ValueError(f"{owner} needs the batch's texts for the teacher, but input column {column} has none; build "
+                             "the trainer with data_collator=TeacherTextCollator(model.preprocess) "
+                             "(from student_trainer.integrations)")
+        features.append({key: value for key, value in feature.items() if key != RAW_TEXT_KEY})
+        texts.append(list(feature[RAW_TEXT_KEY]))
+    return features, texts
+
+
+def interleave(columns: Sequence[Sequence[str]]) -> list[str]:
+    """Column-major text columns to the row-major layout: ``[c0[0], c1[0], ..., c0[1], c1[1], ...]``.
+
+    This is tightdistill's in-batch document layout (``DistillBatch``): query ``i``'s positive, then
+    its negatives, then query ``i + 1``'s group.
+    """
+    return [column[row] for row in range(len(columns[0])) for column in columns]
