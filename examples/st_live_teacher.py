@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     before = pairwise_accuracy(student, held_out)
 
     try:
-        client = TeacherClient.from_url(args.url, token=args.token or os.environ.get("TIGHTDISTILL_TOKEN"), retries=2)      # live teacher
-        loss = build_loss(args.loss, student, client, args.teacher)                 # live teacher
+        token = args.token or os.environ.get("TIGHTDISTILL_TOKEN")
+        client = TeacherClient.from_url(args.url, token=token, retries=2)  # live teacher
+        loss = build_loss(args.loss, student, client, args.teacher)        # live teacher
     except TeacherServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

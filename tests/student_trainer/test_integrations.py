@@ -93,7 +93,8 @@ def test_collator_keeps_the_strings_of_text_columns_only(tiny_bert_dir):
 
 def test_margin_mse_by_hand(student, clients):
     loss = OnlineMarginMSELoss(student, clients["handle"], "tiny")
-    q, pos, neg = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    pos, neg = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([[1.0, 0.0], [0.0, 3.0]])
     teacher = torch.tensor([[5.0, 3.0], [1.0, 2.0]])  # [B, 1 + k], positive first
     # student margins: 2 - 1 = 1 and 1 - 3 = -2; teacher margins: 2 and -1
     expected = ((1 - 2) ** 2 + (-2 - (-1)) ** 2) / 2
@@ -129,7 +130,9 @@ def test_in_batch_kl_by_hand(student, clients):
     triplet = OnlineInBatchKLLoss(student, clients["handle"], "tiny", tau=0.5, gamma=0.3, scale=2.0, scope="triplet")
     own_teacher = [[3.0, 1.0], [2.5, 2.0]]
     expected = kl_plus_onehot([[1.0, -2.0], [4.0, 1.0]], own_teacher, [0, 0], tau=0.5, gamma=0.3)
-    assert float(triplet.compute_loss_from_embeddings([q, pos, neg], torch.tensor(own_teacher))) == pytest.approx(expected, rel=1e-5)
+    got = triplet.compute_loss_from_embeddings([q, pos, neg], torch.tensor(own_teacher))
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    assert OnlineInBatchKLLoss(student, clients["handle"], "tiny", tau=0.5).scale == 2.0  # default: 1 / tau
 
 
 def test_embedding_mse_by_hand(student, clients):
