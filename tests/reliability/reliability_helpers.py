@@ -17,8 +17,9 @@ FUZZ = settings(max_examples=40, deadline=None, database=None,
 
 
 def tiny_spec(tiny_bert_dir: Path, name: str = "tiny", **overrides: Any) -> dict[str, Any]:
-    """A tiny dual-encoder teacher on a quarter CPU (the shared session has 8 logical CPUs)."""
-    return {"name": name, "kind": "dual_encoder", "checkpoint": str(tiny_bert_dir),
+    """A tiny dual-encoder teacher on a quarter CPU (the shared session has 8 logical CPUs), with
+    no signal cache: every request reaches the batcher and the model, as these tests need."""
+    return {"name": name, "kind": "dual_encoder", "checkpoint": str(tiny_bert_dir), "cache": {"max_bytes": 0},
             "ray_actor_options": {"num_cpus": 0.25}, "batch_wait_timeout_s": 0.02, **overrides}
 
 
