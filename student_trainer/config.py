@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from common.config import ConfigError, StrictModel, load_config, parse_config
+from student_trainer.score_calibration import Calibration
 from student_trainer.students import StudentConfig
 
 DEFAULT_LOSSES: dict[str, dict[str, Any]] = {
@@ -20,14 +21,76 @@ DEFAULT_LOSSES: dict[str, dict[str, Any]] = {
 }
 
 
-class TeacherRef(StrictModel):
-    """Where the teacher service is, and how to start it if it is not running."""
+class EnsembleMember(StrictModel):
+    """One teacher of an ensemble (``teacher.teachers``) and how its scores enter the target."""
 
-    teacher: str = Field("minilm", description="Teacher name in the service.")
+    name: str = Field(description="Teacher name in the service.")
+    weight: float = Field(1.0, ge=0, description="Weight in the ensemble target (weights are normalised to sum 1; 0 keeps the teacher as a monitor: asked and logged, not learned from).")
+    calibration: Calibration | None = Field(None, description="Per-query score calibration of this teacher (none | temperature | minmax | zscore); default: teacher.calibration.")
+    temperature: float | None = Field(None, gt=0, description="Divisor of this teacher's scores for calibration 'temperature'; default: teacher.temperature.")
+
+
+class TeacherRef(StrictModel):
+    """Where the teacher service is, and how to start it if it is not running.
+
+    One teacher (``teacher: minilm``) or an ensemble (``teachers: [{name, weight, calibration}, ...]``).
+    In an ensemble the first teacher is the primary one: its document index is the one an
+    asymmetric student inherits and evaluation searches, and its query (and document) embeddings
+    are the targets of embedding matching; every teacher's calibrated scores are averaged, with
+    the weights, into the score target of the score losses (see ``student_trainer.score_calibration``).
+    """
+
+    teacher: str = Field("minilm", description="Teacher name in the service (with teachers: the first one's name, filled in).")
+    teachers: list[EnsembleMember] | None = Field(None, min_length=1, description="Teacher ensemble, primary first (None: the single teacher named by 'teacher').")
+    calibration: Calibration = Field("none", description="Per-query score calibration before the score losses: none | temperature (s / temperature) | minmax | zscore; ensemble members may override it.")
+    temperature: float = Field(1.0, gt=0, description="Divisor of teacher scores for calibration 'temperature'.")
     app_name: str = Field("tightdistill", description="Serve application name.")
     serve_config: Path | None = Field(Path("deploy/teachers.yaml"), description="Serve config to deploy when the app is not running (None: require a running app).")
     url: str | None = Field(None, description="Use this HTTP endpoint instead of Ray handles (a teacher service outside this cluster).")
     timeout_s: float = Field(300.0, gt=0, description="A teacher unreachable for longer than this fails the run (after retries with backoff).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _primary_name(cls, data: Any) -> Any:
+        # With an ensemble, `teacher` names its primary (first) member: filled in when left out,
+        # an error when it names another teacher (which of the two would be meant?).
+        if isinstance(data, dict) and data.get("teachers"):
+            members = [{"name": m} if isinstance(m, str) else m for m in data["teachers"]]
+            first = members[0].get("name") if isinstance(members[0], dict) else None
+            if data.get("teacher") not in (None, first):
+                raise ValueError(f"teacher '{data['teacher']}' is not the first of teachers ('{first}'); "
+                                 "leave 'teacher' out or put that teacher first")
+            data = {**data, "teachers": members, "teacher": first}
+        return data
+
+    @model_validator(mode="after")
+    def _distinct_members(self) -> TeacherRef:
+        if self.teachers:
+            names = [m.name for m in self.teachers]
+            if len(set(names)) != len(names):
+                raise ValueError(f"teachers lists a teacher twice: {names}")
+            if not sum(m.weight for m in self.teachers) > 0:
+                raise ValueError("teachers: at least one weight must be > 0")
+        return self
+
+    def members(self) -> list[EnsembleMember]:
+        """The ensemble with every setting resolved (a single teacher is an ensemble of one, weight 1)."""
+        listed = self.teachers or [EnsembleMember(name=self.teacher)]
+        return [EnsembleMember(name=m.name, weight=m.weight, calibration=m.calibration or self.calibration,
+                               temperature=m.temperature or self.temperature) for m in listed]
+
+
+class NegativeRefreshConfig(StrictModel):
+    """Hard negatives mined by the student itself during training and re-scored by the live teacher
+    (ANCE-style refresh, without an offline re-scoring pass). Off unless ``every`` is set."""
+
+    every: int | None = Field(None, ge=1, description="Steps between refreshes (None: off; the negatives mined before training are kept).")
+    top_k: int = Field(20, ge=1, description="Depth of the student's own ranking the fresh negatives are drawn from.")
+    queries: int | None = Field(256, ge=1, description="Training queries refreshed at each refresh, taken in turn from a seeded order of all of them (None: all).")
+    false_negative_margin: float | None = Field(0.0, description=(
+        "False-negative guard: drop a candidate the teacher scores above the query's weakest positive by more than "
+        "this (in calibrated ensemble score units; negative values are stricter); None: keep every candidate."))
+    corpus_sample: int = Field(2000, ge=1, description="Symmetric students: documents (seeded sample) the student re-encodes at each refresh and retrieves from; asymmetric students search the teacher's whole index.")
 
 
 class DataConfig(StrictModel):
@@ -47,6 +110,7 @@ class DataConfig(StrictModel):
     pseudo_queries: int = Field(4000, ge=8, description="Label-free runs (train_split: null): pseudo-queries drawn from the corpus and labelled by the teacher.")
     max_train_queries: int | None = Field(None, ge=1, description="Cap on training queries (quick runs and tests).")
     max_eval_queries: int | None = Field(None, ge=1, description="Cap on evaluation queries (quick runs and tests).")
+    refresh: NegativeRefreshConfig = Field(default_factory=NegativeRefreshConfig, description="Student-mined negatives refreshed during training (off by default).")
 
 
 class TrainConfig(StrictModel):
@@ -78,6 +142,10 @@ class EvalConfig(StrictModel):
     k_values: list[int] = Field(default_factory=lambda: [5, 20, 100, 1000])
     evaluate_teacher: bool = Field(True, description="Also evaluate the teacher, for the retained fraction.")
     evaluate_untrained: bool = Field(False, description="Also evaluate the (asymmetric) student before training.")
+    agreement_k: int = Field(10, ge=1, description="Depth of the teacher and student top-k lists compared by the agreement metrics (overlap@k, RBO, Kendall tau).")
+    rbo_p: float = Field(0.9, gt=0, lt=1, description="RBO persistence (Webber et al. 2010): rank d weighs p^(d-1); p=0.9 puts 86% of the weight on the top 10.")
+    agreement_every: int | None = Field(None, ge=1, description="Steps between teacher-student agreement measurements on held-out queries during training (None: only at the end).")
+    agreement_queries: int = Field(64, ge=2, description="Held-out queries measured during training: dev queries when data.dev_queries > 0, else the eval split's (a log only, never used for selection).")
 
 
 class RunConfig(StrictModel):

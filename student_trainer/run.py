@@ -28,13 +28,16 @@ from ray.train.torch import TorchTrainer
 
 from common.config import ConfigError
 from common.datasets import BeirDataset, load_beir, write_parquet
+from common.agreement import query_cosines
 from common.evaluation import evaluate_encoder
 from common.metrics import MetricReport
 from common.ray_runtime import init_ray
+from student_trainer.agreement_monitor import run_agreement
 from student_trainer.config import RunConfig, TeacherRef, load_run_config
 from student_trainer.examples import build_examples, label_free_examples, split_queries
 from student_trainer.export import ExportedStudent, export_sentence_transformers
 from student_trainer.extra_queries import corpus_pseudo_queries
+from student_trainer.negative_refresh import TrainingQueries
 from student_trainer.progress import ProgressBar
 from student_trainer.report import write_report
 from student_trainer.students import DualEncoderStudent
@@ -68,7 +71,80 @@ def connect_teacher(ref: TeacherRef) -> TeacherClient:
         serve_file = ServeFile(ref.serve_config)
         deploy(serve_file.config, ref.app_name, serve_file.route_prefix, serve_file.http_options)
     client.describe()  # fails clearly if the teacher name is not in the app
+    for member in ref.members()[1:]:
+        client.describe(member.name)  # every ensemble member too
     return client
+
+
+def describe_ensemble(run: RunConfig, client: TeacherClient, dataset: BeirDataset,
+                      show_progress: bool) -> list[dict[str, Any]]:
+    """Each ensemble member's description, and for the dual-encoders after the primary one a Ray
+    reference to their own document index (cached like the primary's), so their in-batch scores
+    need only query embeddings from the service. Empty for a single teacher."""
+    members = run.teacher.members()
+    if len(members) == 1:
+        return []
+    out = []
+    for i, m in enumerate(members):
+        info = client.describe(m.name)
+        entry: dict[str, Any] = {"name": m.name, "info": info, "index_ref": None}
+        if i > 0 and info["kind"] == "dual_encoder":
+            index = teacher_doc_embeddings(client, dataset, teacher=m.name, show_progress=show_progress)
+            entry["index_ref"] = ray.put((index.ids, index.emb))
+        out.append(entry)
+    return out
+
+
+def signal_provenance(run: RunConfig, described: list[dict[str, Any]], primary: dict[str, Any],
+                      asymmetric: bool) -> dict[str, Any]:
+    """Which teacher produced which training signal, for ``metrics.json``."""
+    infos = {d["name"]: d for d in described}
+    teachers = []
+    for i, m in enumerate(run.teacher.members()):
+        info = infos.get(m.name, {}).get("info", primary)
+        local = info["kind"] == "dual_encoder" and (i == 0 or infos.get(m.name, {}).get("index_ref") is not None)
+        teachers.append({"name": m.name, "kind": info["kind"], "checkpoint": info["checkpoint"], "weight": m.weight,
+                         "calibration": m.calibration, "temperature": m.temperature,
+                         "scores_from": "query embeddings (service) x own document index" if local else "service (score matrix)"})
+    first = run.teacher.members()[0].name
+    return {
+        "teachers": teachers,
+        "scores": "weighted mean of the calibrated scores of " + ", ".join(f"{t['name']} ({t['weight']:g})" for t in teachers),
+        "query_embeddings": first,
+        "document_embeddings": f"{first} ({'inherited index' if asymmetric else 'service'})",
+        "negatives": ("student-mined, refreshed every " f"{run.data.refresh.every} steps, checked by the teacher"
+                      if run.data.refresh.every else f"{run.data.negatives}, fixed before training"),
+    }
+
+
+def refresh_inputs(run: RunConfig, examples: Path, dataset: BeirDataset) -> Any:
+    """What a worker needs to refresh negatives: training queries with their positives, corpus texts."""
+    if run.data.refresh.every is None:
+        return None
+    from dataclasses import asdict
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(examples, columns=["query", "positive_id"])
+    data = TrainingQueries.from_examples(table.column("query").to_pylist(), table.column("positive_id").to_pylist(),
+                                         dataset.doc_ids, dataset.doc_texts)
+    return ray.put(asdict(data))
+
+
+def agreement_inputs(run: RunConfig, dataset: BeirDataset, client: TeacherClient) -> Any:
+    """The held-out queries measured during training (dev queries, else the eval split's), their
+    teacher embeddings (fetched once: the teacher is frozen), and corpus texts for symmetric students."""
+    if run.eval.agreement_every is None:
+        return None
+    dev_file = run.run_dir / "data" / "dev_queries.json"
+    ids = json.loads(dev_file.read_text()) if dev_file.is_file() else []
+    ids = ids or dataset.split_query_ids(run.data.eval_split)
+    rng = np.random.default_rng(run.train.seed)
+    ids = [ids[i] for i in sorted(rng.choice(len(ids), min(run.eval.agreement_queries, len(ids)), replace=False))]
+    texts = [dataset.query_text[q] for q in ids]
+    teacher_q = client.encode_many(texts, role="query")
+    corpus = None if run.student.asymmetric else dict(zip(dataset.doc_ids, dataset.doc_texts))
+    return ray.put((texts, teacher_q, corpus))
 
 
 def prepare_examples(run: RunConfig, dataset: BeirDataset, client: TeacherClient, doc_index: DocEmbeddings) -> tuple[Path, int]:
@@ -92,7 +168,11 @@ def prepare_examples(run: RunConfig, dataset: BeirDataset, client: TeacherClient
 
 
 def train_student(run: RunConfig, info: dict[str, Any], examples: Path, num_examples: int, doc_index: DocEmbeddings,
-                  extra_queries: list[str], show_progress: bool) -> tuple[Any, list[dict[str, Any]]]:
+                  extra_queries: list[str], show_progress: bool,
+                  hooks: dict[str, Any] | None = None) -> tuple[Any, list[dict[str, Any]]]:
+    """Train on Ray Train; ``hooks`` holds the optional inputs of the loop's hooks: ``ensemble``
+    (:func:`describe_ensemble`), ``refresh_ref`` (:func:`refresh_inputs`), ``agreement_ref``
+    (:func:`agreement_inputs`)."""
     total_steps = total_training_steps(run, num_examples)
     ray.data.DataContext.get_current().enable_progress_bars = False  # our own bar tracks training
     with ProgressBar(total_steps, desc="training student", enabled=show_progress) as bar:
@@ -103,6 +183,7 @@ def train_student(run: RunConfig, info: dict[str, Any], examples: Path, num_exam
             "doc_index_ref": ray.put((doc_index.ids, doc_index.emb)),
             "extra_queries_ref": ray.put(extra_queries) if extra_queries else None,
             "progress_board": bar.board,
+            **(hooks or {}),
         }
         trainer = TorchTrainer(
             train_loop_per_worker,
@@ -140,9 +221,7 @@ def evaluate(run: RunConfig, dataset: BeirDataset, doc_index: DocEmbeddings,
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> list[float]:
-    a = a / np.linalg.norm(a, axis=1, keepdims=True).clip(1e-12)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True).clip(1e-12)
-    return np.einsum("nd,nd->n", a, b).round(5).tolist()
+    return query_cosines(a, b).round(5).tolist()
 
 
 def query_latencies(info: dict[str, Any], student: ExportedStudent, dataset: BeirDataset, run: RunConfig,
@@ -192,7 +271,14 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
     timings["examples_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    checkpoint, history = train_student(run, info, examples, num_examples, doc_index, extra, show_progress)
+    described = describe_ensemble(run, client, dataset, show_progress)
+    hooks = {"ensemble": described, "refresh_ref": refresh_inputs(run, examples, dataset),
+             "agreement_ref": agreement_inputs(run, dataset, client)}
+    if any(hooks.values()):
+        timings["hooks_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    checkpoint, history = train_student(run, info, examples, num_examples, doc_index, extra, show_progress, hooks)
     timings["train_s"] = time.perf_counter() - t
 
     student = DualEncoderStudent(run.student, teacher_dim=info["dim"])
@@ -214,18 +300,28 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
         untrained = DualEncoderStudent(run.student, teacher_dim=info["dim"])
         encoders["untrained student"] = lambda texts: untrained.encode_queries(texts).numpy()
     reports, query_emb = evaluate(run, dataset, doc_index, encoders)
+    own = None
     if not student.asymmetric:  # a symmetric student searches its own index of the corpus
         own = DocEmbeddings(list(dataset.doc_ids), exported.encode_documents(dataset.doc_texts, show_progress=show_progress))
         student_reports, student_emb = evaluate(run, dataset, own, {"student": exported.encode_queries})
         reports.update(student_reports)
         query_emb.update(student_emb)
+    agreement = None
+    if "teacher" in query_emb:
+        agreement = run_agreement(run, info["similarity"], query_emb["teacher"],
+                                  doc_index.emb if own is None else doc_index.lookup(own.ids), query_emb["student"],
+                                  None if own is None else own.emb)
     timings["eval_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
 
     metrics = build_metrics(run, info, reports, student, timings, state)
+    metrics["signals"] = signal_provenance(run, described, info, student.asymmetric)
+    if agreement is not None:
+        metrics["agreement"] = agreement.aggregate
+        (run.run_dir / "agreement.json").write_text(json.dumps(_finite(agreement.per_query)))
     metrics["query_latency_ms"] = query_latencies(info, exported, dataset, run)
-    (run.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (run.run_dir / "history.json").write_text(json.dumps(history, indent=2))
+    (run.run_dir / "metrics.json").write_text(json.dumps(_finite(metrics), indent=2))
+    (run.run_dir / "history.json").write_text(json.dumps(_finite(history), indent=2))
     if "teacher" in query_emb:
         (run.run_dir / "query_cosine.json").write_text(json.dumps(cosines(query_emb["teacher"], query_emb["student"])))
     write_report(run.run_dir)
@@ -249,6 +345,17 @@ def build_metrics(run: RunConfig, info: dict[str, Any], reports: dict[str, Metri
         teacher = reports["teacher"].aggregate
         out["retained"] = {m: (v / teacher[m] if teacher[m] else None) for m, v in reports["student"].aggregate.items()}
     return out
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN floats as None (JSON has no NaN; Kendall tau is undefined for constant scores)."""
+    if isinstance(value, float):
+        return None if value != value else value
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:

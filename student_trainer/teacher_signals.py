@@ -10,6 +10,16 @@ its query (and document) embeddings. They always come from the live service, nev
 * any other teacher (ColBERT, cross-encoder, or a DE without an index) is asked for ``signals``:
   the full matrix and the embeddings it has, in one round trip.
 
+With a teacher **ensemble** (``teacher.teachers``) every member is asked for the batch at once:
+the primary (first) member as above, and each other member for its score matrix only (from its
+own inherited index when it is a dual-encoder the run holds one for, else the service's
+``score`` route). Each member's matrix is calibrated per query and the weighted mean is the score
+target (``student_trainer.score_calibration``); embeddings always come from the primary member.
+``TeacherSignals.per_teacher`` keeps each member's calibrated matrix, so the run can record which
+teacher said what.
+
+Fresh candidates (student-mined negatives) are scored on demand with :meth:`TeacherSignalSource.score_candidates`.
+
 A request that fails because the teacher is restarting is re-sent with backoff until
 ``timeout_s``; then the run fails with a clear :class:`TeacherUnavailable`.
 """
@@ -26,6 +36,7 @@ import numpy as np
 import torch
 
 from common.scoring import similarity_fns
+from student_trainer.score_calibration import calibrate, combine
 from student_trainer.teacher_index import DocEmbeddings
 from teacher_service.client import TeacherClient
 from teacher_service.errors import TeacherServiceError
@@ -60,9 +71,10 @@ class TrainBatch:
 
 @dataclass
 class TeacherSignals:
-    scores: np.ndarray  # [B, N]
-    query_embeddings: np.ndarray | None  # [B + extra, d]
-    document_embeddings: np.ndarray | None  # [N, d]
+    scores: np.ndarray  # [B, N], the (ensemble's calibrated) score target
+    query_embeddings: np.ndarray | None  # [B + extra, d], primary teacher
+    document_embeddings: np.ndarray | None  # [N, d], primary teacher
+    per_teacher: dict[str, np.ndarray] | None = None  # ensembles: each member's calibrated [B, N]
 
 
 @dataclass
@@ -72,34 +84,86 @@ class Pending:
     sent_at: float
 
 
+@dataclass
+class TeacherMember:
+    """One teacher of the (possibly one-member) ensemble, with what it needs to give scores."""
+
+    name: str
+    info: dict[str, Any]
+    weight: float = 1.0
+    calibration: str = "none"
+    temperature: float = 1.0
+    doc_index: DocEmbeddings | None = None  # a dual-encoder's own document embeddings, if the run holds them
+
+    @property
+    def local_matrix(self) -> bool:
+        """Scores from the service's query embeddings and the held document embeddings."""
+        return self.info["kind"] == "dual_encoder" and self.doc_index is not None
+
+    def calibrated(self, scores: np.ndarray) -> np.ndarray:
+        return calibrate(scores, self.calibration, self.temperature)  # type: ignore[arg-type]
+
+
 class TeacherSignalSource:
-    """Submits and collects a batch's teacher signals (with retries), for one training worker."""
+    """Submits and collects a batch's teacher signals (with retries), for one training worker.
+
+    ``teacher``/``info``/``doc_index`` describe the primary teacher; ``ensemble`` (optional) lists
+    every member, primary first, with its weight and calibration. Without it the source is the
+    single uncalibrated teacher it always was.
+    """
 
     def __init__(self, client: TeacherClient, teacher: str, info: dict[str, Any], doc_index: DocEmbeddings | None,
-                 want_query_embeddings: bool, timeout_s: float = 300.0) -> None:
+                 want_query_embeddings: bool, timeout_s: float = 300.0,
+                 ensemble: list[TeacherMember] | None = None) -> None:
         self.client = client.with_teacher(teacher)
         self.info = info
         self.doc_index = doc_index
         self.want_query_embeddings = want_query_embeddings
         self.timeout_s = timeout_s
-        self.local_matrix = info["kind"] == "dual_encoder" and doc_index is not None
-        if self.local_matrix:
-            self._matrix, _ = similarity_fns(info["similarity"])
+        self.members = ensemble or [TeacherMember(teacher, info, doc_index=doc_index)]
+        if self.members[0].name != teacher:
+            raise ValueError(f"the ensemble's first member must be the primary teacher '{teacher}', "
+                             f"got '{self.members[0].name}'")
+        self.members[0].doc_index = doc_index
+        self._clients = {m.name: client.with_teacher(m.name) for m in self.members}
+        self.local_matrix = self.members[0].local_matrix
+        self._matrix_fns = {m.name: similarity_fns(m.info["similarity"])[0] for m in self.members if m.local_matrix}
         self.requests_sent = 0
+        self.requests_by_teacher = {m.name: 0 for m in self.members}
+
+    @property
+    def is_ensemble(self) -> bool:
+        return len(self.members) > 1
+
+    def _count(self, name: str, n: int = 1) -> None:
+        self.requests_sent += n
+        self.requests_by_teacher[name] += n
 
     def submit(self, batch: TrainBatch) -> Pending:
         return Pending(batch, self._send(batch), time.monotonic())
 
     def _send(self, batch: TrainBatch) -> dict[str, Any]:
+        futures = self._send_primary(batch)
+        for m in self.members[1:]:
+            client = self._clients[m.name]
+            if m.local_matrix:
+                futures[f"member:{m.name}"] = client.submit_encode(batch.queries, role="query")
+            else:
+                futures[f"member:{m.name}"] = client.submit_score(batch.queries, batch.documents, mode="matrix")
+            self._count(m.name)
+        return futures
+
+    def _send_primary(self, batch: TrainBatch) -> dict[str, Any]:
+        primary = self.members[0].name
         if self.local_matrix:
-            self.requests_sent += 1
+            self._count(primary)
             return {"query": self.client.submit_encode(batch.all_queries, role="query")}
         futures = {"signals": self.client.submit_signals(batch.queries, batch.documents, mode="matrix",
                                                           embeddings=self._teacher_has_pooled())}
-        self.requests_sent += 1
+        self._count(primary)
         if batch.extra_queries and self.want_query_embeddings:
             futures["extra"] = self.client.submit_encode(batch.extra_queries, role="query")
-            self.requests_sent += 1
+            self._count(primary)
         return futures
 
     def _teacher_has_pooled(self) -> bool:
@@ -107,11 +171,15 @@ class TeacherSignalSource:
 
     def collect(self, pending: Pending) -> TeacherSignals:
         """Wait for a batch's signals, re-sending the request while the teacher is down."""
+        return self._with_retries(pending, lambda results: self._assemble(pending.batch, results),
+                                  lambda: self._send(pending.batch))
+
+    def _with_retries(self, pending: Pending, assemble: Any, resend: Any) -> Any:
         deadline = pending.sent_at + self.timeout_s
         attempt = 0
         while True:
             try:
-                return self._assemble(pending.batch, {k: f.result() for k, f in pending.futures.items()})
+                return assemble({k: f.result() for k, f in pending.futures.items()})
             except TeacherServiceError as exc:
                 if exc.status < 500:
                     raise  # the request itself is wrong: retrying cannot help
@@ -127,20 +195,73 @@ class TeacherSignalSource:
             delay = min(10.0, 0.5 * 2 ** min(attempt, 5)) * (0.5 + random.random())
             log.warning("teacher request failed (%s); retrying in %.1fs", type(error).__name__, delay)
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            pending.futures = self._send(pending.batch)
+            pending.futures = resend()
+
+    def _local_scores(self, member: TeacherMember, q: np.ndarray, doc_ids: list[str]) -> np.ndarray:
+        d = member.doc_index.lookup(doc_ids)
+        return self._matrix_fns[member.name](as_tensor(q), as_tensor(d)).numpy()
 
     def _assemble(self, batch: TrainBatch, results: dict[str, dict[str, np.ndarray]]) -> TeacherSignals:
         b = len(batch.queries)
+        primary = self.members[0]
         if self.local_matrix:
             q = results["query"]["embeddings"]
             d = self.doc_index.lookup(batch.doc_ids)
-            scores = self._matrix(as_tensor(q[:b]), as_tensor(d)).numpy()
-            return TeacherSignals(scores, q, d)
-        sig = results["signals"]
-        q = sig.get("query_embeddings")
-        if q is not None and "extra" in results:
-            q = np.concatenate([q, results["extra"]["embeddings"]])
-        d = sig.get("document_embeddings")
-        if d is None and self.doc_index is not None:
-            d = self.doc_index.lookup(batch.doc_ids)
-        return TeacherSignals(sig["scores"], q, d)
+            scores = self._matrix_fns[primary.name](as_tensor(q[:b]), as_tensor(d)).numpy()
+        else:
+            sig = results["signals"]
+            q = sig.get("query_embeddings")
+            if q is not None and "extra" in results:
+                q = np.concatenate([q, results["extra"]["embeddings"]])
+            d = sig.get("document_embeddings")
+            if d is None and self.doc_index is not None:
+                d = self.doc_index.lookup(batch.doc_ids)
+            scores = sig["scores"]
+        if not self.is_ensemble:
+            return TeacherSignals(primary.calibrated(scores), q, d)
+        raw = {primary.name: scores}
+        for m in self.members[1:]:
+            out = results[f"member:{m.name}"]
+            raw[m.name] = (self._local_scores(m, out["embeddings"], batch.doc_ids) if m.local_matrix
+                           else out["scores"])
+        per_teacher = {m.name: m.calibrated(raw[m.name]) for m in self.members}
+        target = combine([per_teacher[m.name] for m in self.members], [m.weight for m in self.members])
+        return TeacherSignals(target, q, d, per_teacher)
+
+    def score_candidates(self, queries: list[str], doc_ids: list[list[str]], documents: list[list[str]],
+                         chunk: int = 64) -> list[np.ndarray]:
+        """The (ensemble) teacher's scores of each query's own candidate list, on demand.
+
+        ``doc_ids[i]`` / ``documents[i]`` are query ``i``'s candidates; returns one ``[len]``
+        array per query, calibrated per query over its list and combined like the batch target.
+        Dual-encoders with a held index are asked for the query embeddings only; other teachers
+        score the (query, candidate) pairs. Requests are chunked (``chunk`` texts) to stay within
+        the service's per-request limits.
+        """
+        flat_q = [q for q, ids in zip(queries, doc_ids) for _ in ids]
+        flat_ids = [d for ids in doc_ids for d in ids]
+        flat_docs = [t for texts in documents for t in texts]
+        bounds = np.cumsum([0, *map(len, doc_ids)])
+        futures: dict[str, Any] = {}
+        for m in self.members:
+            client = self._clients[m.name]
+            if m.local_matrix:
+                parts = [client.submit_encode(queries[i : i + chunk], role="query") for i in range(0, len(queries), chunk)]
+            else:
+                parts = [client.submit_score(flat_q[i : i + chunk], flat_docs[i : i + chunk], mode="pairs")
+                         for i in range(0, len(flat_q), chunk)]
+            self._count(m.name, len(parts))
+            futures[m.name] = parts
+        per_member: dict[str, list[np.ndarray]] = {}
+        for m in self.members:
+            arrays = [f.result(timeout=self.timeout_s) for f in futures[m.name]]
+            if m.local_matrix:
+                q = np.concatenate([a["embeddings"] for a in arrays])
+                d = m.doc_index.lookup(flat_ids)
+                _, pairs_fn = similarity_fns(m.info["similarity"])
+                flat = pairs_fn(as_tensor(np.repeat(q, np.diff(bounds), axis=0)), as_tensor(d)).numpy()
+            else:
+                flat = np.concatenate([a["scores"] for a in arrays])
+            per_member[m.name] = [m.calibrated(flat[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        return [combine([per_member[m.name][i] for m in self.members], [m.weight for m in self.members])
+                for i in range(len(queries))]

@@ -5,6 +5,11 @@ signals online, and sends the request for batch ``t+1`` before it computes step 
 and student work at the same time. Checkpoints (student, projection, optimizer, scheduler, step)
 every ``checkpoint_every`` steps; metrics reported every ``report_every`` steps. A restarted
 worker resumes from the last checkpoint and skips exactly the batches already trained on.
+
+Optional hooks, off by default: student-mined negatives refreshed every ``data.refresh.every``
+steps (:mod:`student_trainer.negative_refresh`), teacher-student agreement on held-out queries
+every ``eval.agreement_every`` steps (:mod:`student_trainer.agreement_monitor`, rank 0), and, for
+teacher ensembles, each member's KL to the student (``teacher_kl/<name>``) in the history.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ import ray.train
 import torch
 from ray.train import Checkpoint
 
+from student_trainer.agreement_monitor import AgreementMonitor, kl_temperature
 from student_trainer.config import RunConfig
-from student_trainer.losses import DistillBatch, build_loss
+from student_trainer.losses import DistillBatch, build_loss, kl_teacher_student
+from student_trainer.negative_refresh import NegativeRefresher, TrainingQueries
 from student_trainer.students import DualEncoderStudent
 from student_trainer.teacher_index import DocEmbeddings
-from student_trainer.teacher_signals import Pending, TeacherSignalSource, TrainBatch, as_tensor
+from student_trainer.teacher_signals import Pending, TeacherMember, TeacherSignals, TeacherSignalSource, TrainBatch, as_tensor
 from teacher_service.client import TeacherClient
 
 CHECKPOINT_FILES = ("student.pt", "optimizer.pt", "scheduler.pt", "state.json")
@@ -132,7 +139,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     client = TeacherClient.from_url(run.teacher.url) if run.teacher.url else TeacherClient.from_serve(run.teacher.app_name)
     source = TeacherSignalSource(client, run.teacher.teacher, teacher_info, doc_index,
-                                 want_query_embeddings="query_embedding" in cfg.losses, timeout_s=run.teacher.timeout_s)
+                                 want_query_embeddings="query_embedding" in cfg.losses, timeout_s=run.teacher.timeout_s,
+                                 ensemble=ensemble_members(run, teacher_info, loop_config.get("ensemble")))
+    refresher = monitor = None
+    if run.data.refresh.every is not None:
+        refresher = NegativeRefresher(run.data.refresh, TrainingQueries(**ray.get(loop_config["refresh_ref"])), source,
+                                      doc_index, cfg.seed, rank, ctx.get_world_size())
+    if run.eval.agreement_every is not None and rank == 0:  # DDP replicas are identical: one measures
+        queries, teacher_q, texts = ray.get(loop_config["agreement_ref"])
+        monitor = AgreementMonitor(run, teacher_info, queries, teacher_q, doc_index, texts)
+    kl_tau = kl_temperature(run)
     k = run.data.num_negatives
     labels = DistillBatch.layout_labels(cfg.batch_size, k)
     shard = ray.train.get_dataset_shard("train")
@@ -150,9 +166,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 return
             rng = np.random.default_rng([cfg.seed, rank, epoch, i])
             extra = [extra_pool[j] for j in rng.choice(len(extra_pool), n_extra, replace=False)] if n_extra else []
+            if refresher is not None:  # its own stream: the extra-query draws stay as without refresh
+                rows, fresh = refresher.substitute(rows, k, np.random.default_rng([cfg.seed, rank, epoch, i, 1]))
+                window.setdefault("refresh/fresh_rows", []).append(fresh / max(1, len(rows["query"])))
             yield to_train_batch(rows, k, extra)
 
     step = state["global_step"]
+    if refresher is not None and step > 0:  # pools are not checkpointed: mine again from the restored student
+        window.update({n: [v] for n, v in refresher.refresh(student, step).items()})
+    if monitor is not None and step == 0:  # the starting point of the agreement curves
+        history.append({"step": 0, "epoch": 0, **monitor.measure(student)})
+    latest_agreement: dict[str, float] = {}
     for epoch in range(state["epoch"], cfg.epochs):
         skip = state["step_in_epoch"] if epoch == state["epoch"] else 0
         for i, pending in enumerate(with_prefetch(batches(epoch, skip, total_steps - step), source, cfg.prefetch), start=skip):
@@ -181,8 +205,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             scheduler.step()
             step += 1
             for name, value in {"loss": loss.item(), **loss_fn.last_terms, "teacher_wait_s": t_teacher,
-                                "step_s": time.perf_counter() - t0}.items():
+                                "step_s": time.perf_counter() - t0, **member_kls(signals, out.scores, kl_tau)}.items():
                 window.setdefault(name, []).append(float(value))
+            if refresher is not None and refresher.due(step):
+                for name, value in refresher.refresh(student, step).items():
+                    window.setdefault(name, []).append(value)
+            if monitor is not None and monitor.due(step):
+                latest_agreement = monitor.measure(student)
             state = {"global_step": step, "epoch": epoch, "step_in_epoch": i + 1, "history": history}
             if board is not None and rank == 0:
                 board.post.remote(step, {"loss": loss.item()})
@@ -190,6 +219,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             if step % cfg.report_every == 0 or step % cfg.checkpoint_every == 0 or final:
                 metrics = {name: float(np.mean(v)) for name, v in window.items()}
                 metrics.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0], teacher_requests=source.requests_sent)
+                if source.is_ensemble:
+                    metrics.update({f"teacher_requests/{n}": c for n, c in source.requests_by_teacher.items()})
+                metrics.update(latest_agreement)
+                latest_agreement = {}
                 history.append(metrics)
                 window = {}
                 _report(metrics, state, student, optimizer, scheduler, rank,
@@ -198,6 +231,29 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             break
         state["step_in_epoch"] = 0
     return {"global_step": step, "history": history, "teacher_requests": source.requests_sent}
+
+
+def ensemble_members(run: RunConfig, primary_info: dict[str, Any], described: list[dict[str, Any]] | None) -> list[TeacherMember]:
+    """The run's teachers as :class:`TeacherMember` s: ``described`` (from the driver) holds each
+    member's service description and, for dual-encoders, a reference to its document index."""
+    infos = {d["name"]: d for d in described or []}
+    members = []
+    for m in run.teacher.members():
+        entry = infos.get(m.name, {})
+        ref = entry.get("index_ref")
+        index = DocEmbeddings(*ray.get(ref)) if ref is not None else None
+        members.append(TeacherMember(m.name, entry.get("info", primary_info), m.weight, m.calibration or "none",
+                                     m.temperature or 1.0, index))
+    return members
+
+
+def member_kls(signals: TeacherSignals, student_scores: torch.Tensor, tau: float) -> dict[str, float]:
+    """For an ensemble, ``KL(P_teacher_i || P_student)`` per member on this batch (a log, no gradient)."""
+    if not signals.per_teacher:
+        return {}
+    s = student_scores.detach()
+    return {f"teacher_kl/{name}": float(kl_teacher_student(s, as_tensor(np.asarray(t, dtype=np.float32)).to(s.device), tau))
+            for name, t in signals.per_teacher.items()}
 
 
 def _report(metrics: dict[str, Any], state: dict[str, Any], student, optimizer, scheduler, rank: int,
