@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 T = TypeVar("T", bound=BaseModel)
@@ -27,6 +26,8 @@ class StrictModel(BaseModel):
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, with a one-line error for a missing file or a non-mapping document."""
+    import yaml  # here, not at the top: the light HTTP client imports this module's models, never YAML
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")

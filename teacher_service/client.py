@@ -9,6 +9,10 @@ backoff. Both return float32 numpy arrays and raise the same typed errors
 
 ``submit_*`` methods return a future so a trainer can ask for the next batch's signals before it
 computes the current one.
+
+The HTTP path needs only requests, numpy, pyarrow and pydantic: this module and what it imports
+(schemas, errors, arrow_io, spec, common.config) never import torch, Ray, transformers or FastAPI;
+Ray is imported inside :class:`HandleTransport` alone.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from teacher_service.arrow_io import ARROW_STREAM, ipc_to_arrays
-from teacher_service.errors import TeacherServiceError, UnknownTeacher, error_from_body
+from teacher_service.errors import TeacherServiceError, Unavailable, UnknownTeacher, error_from_body
 from teacher_service.schemas import EncodeRequest, Role, ScoreMode, ScoreRequest, SignalsRequest, parse_request
 from teacher_service.spec import APP_NAME, deployment_name
 
@@ -80,7 +84,13 @@ class _HandleFuture:
 
 
 class HttpTransport:
-    """JSON requests, Arrow IPC responses, retries with exponential backoff on overload and faults."""
+    """JSON requests, Arrow IPC responses, retries with exponential backoff on overload and faults.
+
+    Retried: connection errors and timeouts, 429 (waiting at least its ``Retry-After``), 502, 503
+    and 504; every operation is a pure function of its request, so a retry is safe. ``timeout_s``
+    bounds each attempt. When the retries run out the last error is raised as its typed error
+    (:class:`~teacher_service.errors.Overloaded`, :class:`~teacher_service.errors.Unavailable`...).
+    """
 
     RETRY_STATUS = {429, 502, 503, 504}
 
@@ -105,10 +115,9 @@ class HttpTransport:
         for attempt in range(self.retries + 1):
             try:
                 resp = self.session.request(method, self.url + path, json=json_body, headers=headers, timeout=self.timeout_s)
-            except (self._requests.ConnectionError, self._requests.Timeout) as exc:
+            except (self._requests.ConnectionError, self._requests.Timeout, self._requests.exceptions.ChunkedEncodingError) as exc:
                 if attempt == self.retries:
-                    raise TeacherServiceError(f"teacher service at {self.url} unreachable after {attempt + 1} tries: {exc}",
-                                              code="unavailable", status=503) from None
+                    raise Unavailable(f"teacher service at {self.url} unreachable after {attempt + 1} tries: {exc}") from None
                 self._sleep(attempt, None)
                 continue
             if resp.status_code in self.RETRY_STATUS and attempt < self.retries:
@@ -118,7 +127,7 @@ class HttpTransport:
                 try:
                     body = resp.json()
                 except ValueError:
-                    body = {"error": {"code": "http_error", "message": resp.text[:500]}}
+                    body = resp.text
                 raise error_from_body(body, resp.status_code)
             if resp.headers.get("content-type", "").startswith(ARROW_STREAM):
                 return ipc_to_arrays(resp.content)
@@ -126,10 +135,11 @@ class HttpTransport:
         raise AssertionError("unreachable")
 
     def _sleep(self, attempt: int, retry_after: str | None) -> None:
-        delay = min(self.max_backoff_s, self.backoff_s * 2**attempt)
+        # Jitter: retrying clients do not stampede together. The server's Retry-After is a floor.
+        delay = min(self.max_backoff_s, self.backoff_s * 2**attempt) * (0.5 + random.random())
         if retry_after and retry_after.replace(".", "", 1).isdigit():
-            delay = max(delay, float(retry_after))
-        time.sleep(delay * (0.5 + random.random()))  # jitter: retrying clients do not stampede together
+            delay = max(delay, min(float(retry_after), self.max_backoff_s))
+        time.sleep(delay)
 
     def teachers(self) -> list[dict[str, Any]]:
         return self._request("GET", "/v1/teachers")["teachers"]

@@ -53,15 +53,32 @@ class Overloaded(TeacherServiceError):
     code, status = "overloaded", 429
 
 
+class Unavailable(TeacherServiceError):
+    """The service cannot be reached or is not ready (connection refused, 502/503/504 from a proxy)."""
+
+    code, status = "unavailable", 503
+
+
 ERROR_TYPES: dict[str, type[TeacherServiceError]] = {
     cls.code: cls
-    for cls in (TeacherServiceError, InvalidRequest, UnknownTeacher, UnsupportedSignal, RequestTooLarge, Unauthorized, Overloaded)
+    for cls in (TeacherServiceError, InvalidRequest, UnknownTeacher, UnsupportedSignal, RequestTooLarge, Unauthorized,
+                Overloaded, Unavailable)
+}
+
+# Errors whose body is not ours (a proxy's, a load balancer's) still map to a typed error by status.
+STATUS_TYPES: dict[int, type[TeacherServiceError]] = {
+    401: Unauthorized, 413: RequestTooLarge, 422: InvalidRequest, 429: Overloaded, 502: Unavailable, 503: Unavailable,
+    504: Unavailable,
 }
 
 
-def error_from_body(body: dict, status: int) -> TeacherServiceError:
+def error_from_body(body: object, status: int) -> TeacherServiceError:
     """Rebuild a typed error from an HTTP error body (client side)."""
-    err = body.get("error", {}) if isinstance(body, dict) else {}
-    code = err.get("code", "internal_error")
-    cls = ERROR_TYPES.get(code, TeacherServiceError)
-    return cls(err.get("message", f"HTTP {status}"), code=code, status=status)
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict) and isinstance(err.get("code"), str):
+        code = err["code"]
+        return ERROR_TYPES.get(code, TeacherServiceError)(str(err.get("message") or f"HTTP {status}"), code=code, status=status)
+    cls = STATUS_TYPES.get(status, TeacherServiceError)
+    detail = err if isinstance(err, str) else (body if isinstance(body, str) else "")
+    message = f"HTTP {status} from the teacher service" + (f": {detail[:300]}" if detail else "")
+    return cls(message, code=cls.code if cls is not TeacherServiceError else "http_error", status=status)
