@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,19 +21,12 @@ import numpy as np
 import torch
 from ray import serve
 
+from teacher_service.errors import TeacherServiceError
 from teacher_service.kinds import Encoded, PairOutput, Teacher, build_teacher
-from teacher_service.schemas import Role, ServiceLimits, check_limits, parse_request
+from teacher_service.schemas import REQUEST_TYPES, Role, ServiceLimits, check_limits, estimate_tokens, parse_request
+from teacher_service.service_metrics import UNKNOWN, ReplicaMetrics
 from teacher_service.signal_cache import CachedPrimitives, EncodingCache, teacher_fingerprint
 from teacher_service.spec import TeacherSpec
-
-# Serve measures a batch by this estimate; a text's true token count is only known after
-# tokenisation, which happens in the batch itself.  ~4 characters per token for English BPE/WordPiece.
-CHARS_PER_TOKEN = 4
-MAX_TOKENS_PER_TEXT = 512
-
-
-def estimate_tokens(texts: list[str]) -> int:
-    return sum(min(len(t) // CHARS_PER_TOKEN + 2, MAX_TOKENS_PER_TEXT) for t in texts)
 
 
 @dataclass
@@ -41,9 +35,11 @@ class EncodeJob:
     role: Role
     with_tokens: bool
     tokens: int = field(init=False)
+    queued_at: float = field(init=False)  # perf_counter when handed to the batcher (queue-wait metric)
 
     def __post_init__(self) -> None:
         self.tokens = estimate_tokens(self.texts)
+        self.queued_at = time.perf_counter()
 
 
 @dataclass
@@ -51,13 +47,16 @@ class PairJob:
     queries: list[str]
     documents: list[str]
     tokens: int = field(init=False)
+    queued_at: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.tokens = estimate_tokens(self.queries) + estimate_tokens(self.documents)
+        self.queued_at = time.perf_counter()
 
 
 def job_tokens(jobs: list[EncodeJob | PairJob]) -> int:
-    """Serve ``batch_size_fn``: a batch's size is its estimated token count."""
+    """Serve ``batch_size_fn``: a batch's size is its estimated token count (the true count is only
+    known after tokenisation, which happens in the batch itself)."""
     return sum(job.tokens for job in jobs)
 
 
@@ -162,6 +161,7 @@ class TeacherReplica:
             batcher.set_max_batch_size(self.spec.batch_max_tokens)
             batcher.set_batch_wait_timeout_s(self.spec.batch_wait_timeout_s)
         self.counters = {"requests": 0, "batches": 0, "jobs": 0, "largest_batch_jobs": 0}
+        self.metrics = ReplicaMetrics(self.spec.name)
 
     async def describe(self) -> dict[str, Any]:
         return self.info.model_dump()
@@ -176,29 +176,49 @@ class TeacherReplica:
 
     async def run(self, op: str, payload: Any) -> dict[str, np.ndarray]:
         """Answer one request: ``op`` in {'encode', 'score', 'signals'}; returns named float32 arrays."""
-        request = parse_request(op, payload)
-        check_limits(request, self.limits)
-        loop = asyncio.get_running_loop()
-        prims: Any = BatchedPrimitives(self, loop)
-        if self.cache.enabled:
-            prims = CachedPrimitives(prims, self.cache)
-        result = await loop.run_in_executor(self._ops, self.teacher.run, request, prims)
+        started = time.perf_counter()
+        try:
+            request = parse_request(op, payload)
+            check_limits(request, self.limits)
+            loop = asyncio.get_running_loop()
+            prims: Any = BatchedPrimitives(self, loop)
+            if self.cache.enabled:
+                prims = CachedPrimitives(prims, self.cache)
+            result = await loop.run_in_executor(self._ops, self.teacher.run, request, prims)
+        except Exception as exc:
+            self._record_request(op, started, exc.code if isinstance(exc, TeacherServiceError) else "internal_error")
+            raise
         self.counters["requests"] += 1
+        self._record_request(op, started, None)
         return result
 
-    def _count_batch(self, jobs: list) -> None:
+    def _record_request(self, op: str, started: float, code: str | None) -> None:
+        self.metrics.request(op if op in REQUEST_TYPES else UNKNOWN, time.perf_counter() - started, code)
+        if self.cache.enabled:
+            self.metrics.cache(self.cache.stats())
+
+    def _count_batch(self, batcher: str, jobs: list) -> float:
+        """Count a batch as it starts (stats and metrics); returns its start time."""
+        started = time.perf_counter()
         self.counters["batches"] += 1
         self.counters["jobs"] += len(jobs)
         self.counters["largest_batch_jobs"] = max(self.counters["largest_batch_jobs"], len(jobs))
+        texts = sum(len(job.texts) if isinstance(job, EncodeJob) else len(job.queries) for job in jobs)
+        self.metrics.batch(batcher, len(jobs), texts, job_tokens(jobs), [started - job.queued_at for job in jobs])
+        return started
 
     @serve.batch(max_batch_size=32768, batch_wait_timeout_s=0.005, batch_size_fn=job_tokens)
     async def encode_batch(self, jobs: list[EncodeJob]) -> list[Encoded]:
-        self._count_batch(jobs)
+        started = self._count_batch("encode", jobs)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._compute, run_encode_jobs, self.teacher, jobs)
+        out = await loop.run_in_executor(self._compute, run_encode_jobs, self.teacher, jobs)
+        self.metrics.batch_done("encode", time.perf_counter() - started)
+        return out
 
     @serve.batch(max_batch_size=32768, batch_wait_timeout_s=0.005, batch_size_fn=job_tokens)
     async def pairs_batch(self, jobs: list[PairJob]) -> list[PairOutput]:
-        self._count_batch(jobs)
+        started = self._count_batch("pairs", jobs)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._compute, run_pair_jobs, self.teacher, jobs)
+        out = await loop.run_in_executor(self._compute, run_pair_jobs, self.teacher, jobs)
+        self.metrics.batch_done("pairs", time.perf_counter() - started)
+        return out

@@ -16,6 +16,16 @@ Role = Literal["query", "document"]
 ScoreMode = Literal["pairs", "matrix"]
 Text = Annotated[StrictStr, Field(min_length=1)]
 
+# How the service measures work before tokenising: ~4 characters per token for English
+# BPE/WordPiece, at most a model's usual 512-token window. The batcher's token budget, its metrics
+# and the usage the OpenAI-style route reports all use this one estimate.
+CHARS_PER_TOKEN = 4
+MAX_TOKENS_PER_TEXT = 512
+
+
+def estimate_tokens(texts: list[str]) -> int:
+    return sum(min(len(t) // CHARS_PER_TOKEN + 2, MAX_TOKENS_PER_TEXT) for t in texts)
+
 
 class ServiceLimits(BaseModel):
     """Caps that keep one request from starving the others; over a cap is a 413, not a hang."""

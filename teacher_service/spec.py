@@ -67,6 +67,7 @@ class ServiceConfig(StrictModel):
     teachers: list[TeacherSpec] = Field(min_length=1)
     limits: ServiceLimits = Field(default_factory=ServiceLimits)
     auth_token_env: str = Field("TIGHTDISTILL_TOKEN", description="Environment variable holding the bearer token; unset or empty means no auth.")
+    default_teacher: str | None = Field(None, description="Teacher the TEI-style routes (/embed, /rerank) use when a request names none; default: the first teacher.")
 
     @field_validator("teachers")
     @classmethod
@@ -76,6 +77,13 @@ class ServiceConfig(StrictModel):
         if dupes:
             raise ValueError(f"duplicate teacher names: {', '.join(dupes)}")
         return teachers
+
+    @model_validator(mode="after")
+    def _default_teacher_exists(self) -> ServiceConfig:
+        names = [t.name for t in self.teachers]
+        if self.default_teacher is not None and self.default_teacher not in names:
+            raise ValueError(f"default_teacher '{self.default_teacher}' is not one of the teachers ({', '.join(names)})")
+        return self
 
 
 def deployment_name(teacher: str) -> str:
