@@ -6,6 +6,8 @@ Retrieval metrics say how good each system is; these say how alike they are, per
 * ``RBO``: rank-biased overlap of the two rankings (Webber, Moffat, Zobel 2010), top-weighted.
 * ``Kendall tau``: rank correlation of the two systems' scores over the union of their top-k lists
   (tau-b, ``scipy.stats.kendalltau``), so disagreement in order counts, not only in membership.
+  A document in only one top-k list is one the other system scores lower, so lists that share
+  little give a negative tau even when each list's own order is alike.
 * ``in-batch KL``: ``KL(P_teacher || P_student)`` of the in-batch softmax distributions the
   training loss matches (TCT-ColBERT Eq. 5), on held-out queries laid out as a training batch.
 * query-embedding cosines: ``cos(e_teacher(q), e_student(q))`` per query (EmbedDistill's

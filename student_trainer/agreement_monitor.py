@@ -74,7 +74,7 @@ class AgreementMonitor:
         return every is not None and step % every == 0
 
     def measure(self, student: DualEncoderStudent) -> dict[str, float]:
-        student_q = student.encode_queries(self.queries).numpy()
+        student_q = student.encode_queries(self.queries).cpu().numpy()
         if self.pool is None:
             result = run_agreement(self.run, self.similarity, self.teacher_q, self.doc_index.emb, student_q)
         else:

@@ -71,7 +71,8 @@ def student_doc_embeddings(student: DualEncoderStudent, texts: list[str], batch_
     was_training = student.training
     student.eval()
     try:
-        parts = [student.embed_documents(texts[i : i + batch_size]).float().numpy() for i in range(0, len(texts), batch_size)]
+        parts = [student.embed_documents(texts[i : i + batch_size]).float().cpu().numpy()
+                 for i in range(0, len(texts), batch_size)]
     finally:
         student.train(was_training)
     return np.concatenate(parts) if parts else np.empty((0, student.teacher_dim), dtype=np.float32)
@@ -126,7 +127,7 @@ class NegativeRefresher:
         picked = self._next_queries(step)
         queries = [self.data.queries[i] for i in picked]
         index, cosine = self._student_index(student, step)
-        q_emb = student.encode_queries(queries).numpy()
+        q_emb = student.encode_queries(queries).cpu().numpy()
         if cosine:
             q_emb = _normalize(q_emb)
         most_positives = max(len(self.data.positives[i]) for i in picked)

@@ -207,7 +207,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             for name, value in {"loss": loss.item(), **loss_fn.last_terms, "teacher_wait_s": t_teacher,
                                 "step_s": time.perf_counter() - t0, **member_kls(signals, out.scores, kl_tau)}.items():
                 window.setdefault(name, []).append(float(value))
-            if refresher is not None and refresher.due(step):
+            if refresher is not None and refresher.due(step) and step < total_steps:  # none left to train on
                 for name, value in refresher.refresh(student, step).items():
                     window.setdefault(name, []).append(value)
             if monitor is not None and monitor.due(step):
@@ -227,6 +227,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 window = {}
                 _report(metrics, state, student, optimizer, scheduler, rank,
                         with_checkpoint=step % cfg.checkpoint_every == 0 or final)
+            if latest_agreement:  # measured at a step without a report: an entry of its own, at its step
+                history.append({"step": step, "epoch": epoch, **latest_agreement})
+                latest_agreement = {}
         if step >= total_steps:
             break
         state["step_in_epoch"] = 0
