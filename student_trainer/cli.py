@@ -39,6 +39,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--data", default="scifact", help="bundled dataset name or BEIR directory (default: %(default)s)")
     e.add_argument("--split", default="test", help="qrels split (default: %(default)s)")
     e.add_argument("--rerank", action="store_true", help="re-rank candidates.<split>.tsv instead of full retrieval")
+    e.add_argument("--hybrid", action="store_true",
+                   help="also run BM25 and fuse it with the dense top-1000 (TCT-ColBERT Eq. 7: alpha * bm25 + dense); "
+                   "prints dense, BM25 and hybrid rows")
+    e.add_argument("--alpha", type=float, default=None,
+                   help="with --hybrid: weight of the BM25 score (default: tuned on the dataset's train queries)")
     e.add_argument("--doc-index", type=Path, default=None, help="teacher document embeddings parquet (asymmetric students)")
     e.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N queries")
     e.add_argument("--output", type=Path, default=None, help="JSON file for the report (default: runs/eval/...)")
@@ -99,6 +104,12 @@ def eval_command(args: argparse.Namespace) -> int:
     from common.metrics import format_table
     from common.retrieval import DenseIndex, load_embeddings
 
+    if args.hybrid and args.rerank:
+        raise ConfigError("--hybrid fuses full-retrieval lists with BM25; it cannot be combined with --rerank")
+    if args.alpha is not None and not args.hybrid:
+        raise ConfigError("--alpha is the BM25 weight of --hybrid; add --hybrid")
+    if args.alpha is not None and args.alpha < 0:
+        raise ConfigError(f"--alpha must be >= 0, got {args.alpha}")
     dataset = load_beir(args.data)
     encode_queries, doc_index_path, encode_docs, name = _load_encoder(args)
     if doc_index_path is not None:
@@ -110,11 +121,37 @@ def eval_command(args: argparse.Namespace) -> int:
     index = DenseIndex.from_embeddings(ids, emb)
     candidates = dataset.candidates(args.split) if args.rerank else None
     ev = evaluate_encoder(encode_queries, index, dataset, args.split, max_queries=args.max_queries, candidates=candidates)
+    if args.hybrid:
+        return _hybrid_eval(args, dataset, encode_queries, index, ev.run, name)
     print(format_table({name: ev.report}))
     out = args.output or Path("runs/eval") / f"{Path(name).name}-{dataset.name}-{args.split}{'-rerank' if args.rerank else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"model": name, "dataset": dataset.name, "split": args.split, "mode": ev.mode,
                                **ev.report.to_dict()}, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+def _hybrid_eval(args: argparse.Namespace, dataset, encode_queries, index, dense_run, name: str) -> int:
+    """``eval --hybrid``: the dense run fused with BM25 (alpha given or tuned on train queries)."""
+    from common.hybrid_retrieval import evaluate_hybrid
+    from common.metrics import format_table
+
+    hy = evaluate_hybrid(encode_queries, index, dataset, args.split, alpha=args.alpha, max_queries=args.max_queries,
+                         dense_run=dense_run, log=print)
+    if hy.search is not None:
+        grid = ", ".join(f"{a:g}: {v:.3f}" for a, v in hy.search.scores.items())
+        print(f"alpha tuned on train queries ({hy.search.metric}): {hy.alpha:g}  [{grid}]")
+    labels = {"dense": name, "bm25": "BM25", "hybrid": f"hybrid (alpha {hy.alpha:g})"}
+    print(format_table({labels[k]: report for k, report in hy.reports.items()}))
+    out = args.output or Path("runs/eval") / f"{Path(name).name}-{dataset.name}-{args.split}-hybrid.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "model": name, "dataset": dataset.name, "split": args.split, "mode": "hybrid", "alpha": hy.alpha,
+        "alpha_grid": None if hy.search is None else {str(a): v for a, v in hy.search.scores.items()},
+        **hy.reports["hybrid"].to_dict(),
+        "components": {k: r.aggregate for k, r in hy.reports.items()},
+    }, indent=2))
     print(f"wrote {out}")
     return 0
 
