@@ -19,7 +19,7 @@ top-k lists come from exact FAISS search (:class:`common.retrieval.DenseIndex`).
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -143,20 +143,22 @@ def _index(docs: np.ndarray) -> DenseIndex:
 
 def inbatch_kl(teacher_q: np.ndarray, teacher_docs: np.ndarray, student_q: np.ndarray, student_docs: np.ndarray,
                teacher_top: list[list[int]], group: int = 2, batch_size: int = 32, tau: float = 1.0,
-               student_scale: float = 1.0) -> np.ndarray:
+               student_scale: float = 1.0, calibrate: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Per-query in-batch KL on held-out queries laid out like a training batch.
 
     Queries are taken in batches of ``batch_size``; each query brings its teacher's top ``group``
     documents (a pseudo-positive and ``group - 1`` hard negatives), and every query of the batch
     is scored against all of the batch's documents by both systems. Returns
-    ``KL(softmax(t / tau) || softmax(student_scale * s))`` per query (the student's scores are
-    scaled as in training, ``StudentConfig.score_scale``).
+    ``KL(softmax(c(t) / tau) || softmax(student_scale * s))`` per query, with the teacher's
+    scores ``t`` put through ``calibrate`` (``c``, default none) and the student's scaled, both as
+    in training (``TeacherRef.calibration``, ``StudentConfig.score_scale``).
     """
     out = []
     for start in range(0, len(teacher_q), batch_size):
         rows = range(start, min(start + batch_size, len(teacher_q)))
         cols = [d for i in rows for d in teacher_top[i][:group]]
         t = teacher_q[start : rows.stop] @ teacher_docs[cols].T
+        t = t if calibrate is None else calibrate(t)
         s = student_scale * (student_q[start : rows.stop] @ student_docs[cols].T)
         out.append(distribution_kl(t, s, tau))
     return np.concatenate(out) if out else np.empty(0)
@@ -164,7 +166,8 @@ def inbatch_kl(teacher_q: np.ndarray, teacher_docs: np.ndarray, student_q: np.nd
 
 def agreement_metrics(teacher_q: np.ndarray, teacher_docs: np.ndarray, student_q: np.ndarray,
                       student_docs: np.ndarray | None = None, k: int = 10, p: float = 0.9, kl_group: int = 2,
-                      kl_batch_size: int = 32, kl_tau: float = 1.0, student_scale: float = 1.0) -> Agreement:
+                      kl_batch_size: int = 32, kl_tau: float = 1.0, student_scale: float = 1.0,
+                      kl_calibrate: Callable[[np.ndarray], np.ndarray] | None = None) -> Agreement:
     """Agreement of a student with its teacher over one document collection.
 
     Args:
@@ -175,7 +178,8 @@ def agreement_metrics(teacher_q: np.ndarray, teacher_docs: np.ndarray, student_q
             None for an asymmetric student, which searches the teacher's documents.
         k: depth of the compared top-k lists.
         p: RBO persistence.
-        kl_group, kl_batch_size, kl_tau, student_scale: the held-out in-batch KL (:func:`inbatch_kl`).
+        kl_group, kl_batch_size, kl_tau, student_scale, kl_calibrate: the held-out in-batch KL
+            (:func:`inbatch_kl`).
     """
     teacher_q = np.asarray(teacher_q, dtype=np.float32)
     student_q = np.asarray(student_q, dtype=np.float32)
@@ -197,7 +201,7 @@ def agreement_metrics(teacher_q: np.ndarray, teacher_docs: np.ndarray, student_q
         union = list(dict.fromkeys(t + s))
         taus.append(kendall_tau(teacher_docs[union] @ teacher_q[i], student_docs[union] @ student_q[i]))
     kl = inbatch_kl(teacher_q, teacher_docs, student_q, student_docs, t_top, kl_group, kl_batch_size, kl_tau,
-                    student_scale)
+                    student_scale, kl_calibrate)
     cos = query_cosines(teacher_q, student_q)
     aggregate = {
         f"overlap@{k}": float(np.mean(overlaps)),

@@ -1,10 +1,10 @@
 """Teacher-student agreement of a run: measured on held-out queries during training, and at the end.
 
 Wraps :func:`common.agreement.agreement_metrics` with what a run knows: the primary teacher's
-document index and similarity, the student's similarity and score scale, the KL temperature of the
-run's in-batch KL loss. During training (``eval.agreement_every``) rank 0 measures a fixed sample
-of held-out queries whose teacher embeddings the driver fetched once; the numbers go into the
-history as ``agreement/<metric>``.
+document index, similarity and score calibration, the student's similarity and score scale, the
+temperature of the run's in-batch KL loss. During training (``eval.agreement_every``) rank 0
+measures a fixed sample of held-out queries whose teacher embeddings the driver fetched once; the
+numbers go into the history as ``agreement/<metric>``.
 
 An asymmetric student ranks the teacher's whole index; a symmetric student ranks a candidate pool
 (the teacher's top ``4k`` documents of the sampled queries), which it re-encodes at each
@@ -21,6 +21,7 @@ from common.agreement import Agreement, agreement_metrics
 from student_trainer.config import RunConfig
 from student_trainer.losses import InBatchKLLoss
 from student_trainer.negative_refresh import student_doc_embeddings
+from student_trainer.score_calibration import calibrate
 from student_trainer.students import DualEncoderStudent
 from student_trainer.teacher_index import DocEmbeddings
 
@@ -45,10 +46,12 @@ def run_agreement(run: RunConfig, teacher_similarity: str, teacher_q: np.ndarray
     if run.student.similarity == "cosine":
         student_q = _normalize(student_q)
         student_docs = _normalize(student_docs if student_docs is not None else teacher_docs)
+    primary = run.teacher.members()[0]  # the KL is to its distribution, calibrated as in training
     return agreement_metrics(teacher_q, teacher_docs, student_q, student_docs, k=run.eval.agreement_k,
                              p=run.eval.rbo_p, kl_group=1 + max(1, run.data.num_negatives),
                              kl_batch_size=run.train.batch_size, kl_tau=kl_temperature(run),
-                             student_scale=run.student.score_scale)
+                             student_scale=run.student.score_scale,
+                             kl_calibrate=lambda s: calibrate(s, primary.calibration or "none", primary.temperature or 1.0))
 
 
 class AgreementMonitor:

@@ -88,3 +88,12 @@ def test_inbatch_kl_batches_like_training():
     expected = distribution_kl(tq[3:] @ docs[cols].T, 2.0 * (sq[3:] @ docs[cols].T), tau=0.5)
     np.testing.assert_allclose(per_query[3:], expected)
     np.testing.assert_allclose(query_cosines(tq, tq), np.ones(6))
+
+
+def test_inbatch_kl_calibrates_the_teacher_as_training_does():
+    rng = np.random.default_rng(1)
+    tq, docs = rng.normal(size=(4, 3)), rng.normal(size=(8, 3))
+    top = [list(np.argsort(-(docs @ q))) for q in tq]
+    doubled = inbatch_kl(tq, docs, tq, docs, top, group=2, tau=1.0, student_scale=2.0, calibrate=lambda t: 2 * t)
+    np.testing.assert_allclose(doubled, 0.0, atol=1e-12)  # the student's 2 s matches the calibrated 2 t exactly
+    assert (inbatch_kl(tq, docs, tq, docs, top, group=2, tau=1.0, student_scale=2.0) > 1e-6).all()
