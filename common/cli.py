@@ -16,7 +16,7 @@ from common.model_registry import ModelNotFoundError
 from common.ray_runtime import RayConnectError
 
 # Modules that contribute subcommands through ``register(subparsers)``.
-COMMAND_MODULES = ("student_trainer.cli", "teacher_service.cli", "teacher_trainer.cli")
+COMMAND_MODULES = ("student_trainer.cli", "student_trainer.experiment", "teacher_service.cli", "teacher_trainer.cli")
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, ModelNotFoundError, RayConnectError, FileNotFoundError)
 
