@@ -39,6 +39,9 @@ class StudentConfig(StrictModel):
         "Multiplier on student scores before softmax-based losses. Normalised embeddings give scores in [-1, 1]: "
         "without a scale the student's in-batch distribution cannot become as sharp as the teacher's "
         "softmax(s/tau); 1/tau (4.0 for tau=0.25) puts both on the same footing."))
+    freeze_embeddings: bool = Field(False, description=(
+        "Keep the (teacher-initialised) token embeddings frozen: they hold most of a small student's "
+        "parameters, and their dense gradient and optimizer update dominate a 2-layer step's cost."))
     max_query_length: int = Field(64, ge=4, description="Query truncation, in tokens.")
     max_document_length: int = Field(256, ge=4, description="Document truncation (symmetric students).")
 
@@ -65,7 +68,7 @@ class DualEncoderStudent(nn.Module):
         # HF's pooler head (BERT's tanh [CLS] layer) is not part of our pooling; frozen, it stays
         # out of DDP's gradient reduction, which otherwise fails on parameters without gradients.
         for name, param in self.query_encoder.model.named_parameters():
-            if name.startswith("pooler."):
+            if name.startswith("pooler.") or (config.freeze_embeddings and name.startswith("embeddings.")):
                 param.requires_grad_(False)
         # Symmetric students share one encoder; asymmetric ones never encode documents.
         self.teacher_dim = teacher_dim
