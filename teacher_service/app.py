@@ -34,7 +34,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     token = os.environ.get(config.auth_token_env)
     if token:  # the ingress replica may run on another node: hand it the token explicitly
         ingress_options["ray_actor_options"]["runtime_env"] = {"env_vars": {config.auth_token_env: token}}
-    return TeacherAPI.options(**ingress_options).bind(teachers, limits, config.auth_token_env)
+    return TeacherAPI.options(**ingress_options).bind(teachers, limits, config.auth_token_env, config.default_teacher)
 
 
 class ServeFile:
