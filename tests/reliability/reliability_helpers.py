@@ -1,8 +1,9 @@
-"""Helpers shared by the reliability tests: bounded Hypothesis settings, a tiny teacher spec,
-replica counters, and concurrent bursts of calls."""
+"""Helpers shared by the reliability tests: bounded Hypothesis settings, a tiny teacher spec, apps
+of their own in the shared Ray session, replica counters, and concurrent bursts of calls."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -10,6 +11,19 @@ from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, settings
+
+# The fault-injection helpers live with the reliability scripts in bench/, which use them too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from reliability_lib import (  # noqa: E402,F401 - re-exported for the tests
+    checkpoint_step,
+    checkpoint_steps,
+    committed_checkpoint,
+    our_processes,
+    prepare_training,
+    replica_stats,
+    start_training,
+    wait_until,
+)
 
 # Bounded so every fuzz module runs in well under a minute; no example database in the tree.
 FUZZ = settings(max_examples=40, deadline=None, database=None,
@@ -23,11 +37,15 @@ def tiny_spec(tiny_bert_dir: Path, name: str = "tiny", **overrides: Any) -> dict
             "ray_actor_options": {"num_cpus": 0.25}, "batch_wait_timeout_s": 0.02, **overrides}
 
 
-def replica_stats(app_name: str, teacher: str) -> dict[str, Any]:
-    """The teacher replica's counters and pid (``TeacherReplica.stats``)."""
-    from ray import serve
+def deploy_own_app(app_name: str, teachers: list[dict[str, Any]], http_port: int,
+                   limits: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Deploy a teacher app under its own name and route prefix (``/<app_name>``) on 127.0.0.1."""
+    from teacher_service.app import deploy
+    from teacher_service.spec import ServiceConfig
 
-    return serve.get_deployment_handle(f"teacher-{teacher}", app_name).stats.remote().result(timeout_s=60)
+    config = ServiceConfig.model_validate({"teachers": teachers, **({"limits": limits} if limits else {})})
+    deploy(config, app_name=app_name, route_prefix=f"/{app_name}", http_options={"host": "127.0.0.1", "port": http_port})
+    return {"app_name": app_name, "url": f"http://127.0.0.1:{http_port}/{app_name}", "config": config}
 
 
 def burst(n: int, call: Callable[[], Any]) -> list[Any]:

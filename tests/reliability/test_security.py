@@ -39,7 +39,7 @@ def test_http_proxy_listens_on_loopback_only(teacher_app, http_port):
             socket.create_connection((ip, http_port), timeout=2).close()
 
 
-@pytest.mark.xfail(strict=True, reason="common/ray_runtime.py says the embedded Ray is loopback only, but Ray 2.60 "
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="common/ray_runtime.py says the embedded Ray is loopback only, but Ray 2.60 "
                    "turns _node_ip_address='127.0.0.1' into the host's routable address and its GCS listens on all "
                    "interfaces; only Ray's own token auth guards it")
 def test_embedded_ray_listens_on_loopback_only(ray_session):
