@@ -179,7 +179,9 @@ class TeacherSignalSource:
         attempt = 0
         while True:
             try:
-                return assemble({k: f.result() for k, f in pending.futures.items()})
+                # Bounded wait: a hung (not dead) teacher must not hold the run past the deadline.
+                return assemble({k: f.result(timeout=max(0.0, deadline - time.monotonic()))
+                                 for k, f in pending.futures.items()})
             except TeacherServiceError as exc:
                 if exc.status < 500:
                     raise  # the request itself is wrong: retrying cannot help

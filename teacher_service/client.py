@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from teacher_service.arrow_io import ARROW_STREAM, ipc_to_arrays
-from teacher_service.errors import TeacherServiceError, Unavailable, UnknownTeacher, error_from_body
+from teacher_service.errors import InvalidRequest, TeacherServiceError, Unavailable, UnknownTeacher, error_from_body
 from teacher_service.schemas import EncodeRequest, Role, ScoreMode, ScoreRequest, SignalsRequest, parse_request
 from teacher_service.spec import APP_NAME, deployment_name
 
@@ -66,6 +66,14 @@ class HandleTransport:
 
     def submit(self, op: str, request: Any) -> ResultFuture:
         return _HandleFuture(self._handle(request.teacher).run.remote(op, request))
+
+
+def _text_list(field: str, texts: Any) -> list[Any]:
+    """``texts`` as a list; a lone string (which ``list()`` would split into characters) or a
+    non-iterable is refused like the service refuses it."""
+    if isinstance(texts, (str, bytes)) or not hasattr(texts, "__iter__"):
+        raise InvalidRequest(f"{field} must be a list of strings, got {type(texts).__name__}")
+    return list(texts)
 
 
 class _HandleFuture:
@@ -226,14 +234,15 @@ class TeacherClient:
         return self.transport.submit(op, parse_request(op, payload))
 
     def submit_encode(self, texts: list[str], role: Role = "query", tokens: bool = False, teacher: str | None = None) -> ResultFuture:
-        return self._submit("encode", {"texts": list(texts), "role": role, "tokens": tokens, "teacher": teacher})
+        return self._submit("encode", {"texts": _text_list("texts", texts), "role": role, "tokens": tokens, "teacher": teacher})
 
     def submit_score(self, queries: list[str], documents: list[str], mode: ScoreMode = "pairs", teacher: str | None = None) -> ResultFuture:
-        return self._submit("score", {"queries": list(queries), "documents": list(documents), "mode": mode, "teacher": teacher})
+        return self._submit("score", {"queries": _text_list("queries", queries), "documents": _text_list("documents", documents),
+                                      "mode": mode, "teacher": teacher})
 
     def submit_signals(self, queries: list[str], documents: list[str], mode: ScoreMode = "matrix", embeddings: bool = True,
                        tokens: bool = False, teacher: str | None = None) -> ResultFuture:
-        return self._submit("signals", {"queries": list(queries), "documents": list(documents), "mode": mode,
+        return self._submit("signals", {"queries": _text_list("queries", queries), "documents": _text_list("documents", documents), "mode": mode,
                                         "embeddings": embeddings, "tokens": tokens, "teacher": teacher})
 
     def encode(self, texts: list[str], role: Role = "query", teacher: str | None = None) -> np.ndarray:

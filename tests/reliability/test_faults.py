@@ -41,10 +41,6 @@ APP = "rel-faults"
 STEPS = 16
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="bug in student_trainer/teacher_signals.py: _with_retries waits on f.result() with no "
-                   "timeout, so a teacher that hangs (or never comes back) blocks the run far beyond "
-                   "teacher.timeout_s instead of raising TeacherUnavailable")
 def test_frozen_teacher_ends_the_wait_after_timeout_s(own_app, tiny_bert_dir):
     own_app("rel-frozen", [tiny_spec(tiny_bert_dir)])
     client = TeacherClient.from_serve("rel-frozen")

@@ -245,9 +245,6 @@ def test_client_refuses_a_path_as_teacher_name(client):
         client.encode(["a"], teacher="/tmp/some/model/dir")
 
 
-@pytest.mark.xfail(strict=True, raises=(pytest.fail.Exception, TypeError),
-                   reason="bug in teacher_service/client.py: TeacherClient._submit wraps texts in list(), so a str "
-                   "is split into characters (and encoded!) and a number raises TypeError, not InvalidRequest")
 @pytest.mark.parametrize("texts", ["how are glacier caves formed?", 7])
 def test_client_refuses_texts_that_are_not_a_list(client, texts):
     with pytest.raises(TeacherServiceError) as info:
