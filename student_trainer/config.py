@@ -104,7 +104,13 @@ class DataConfig(StrictModel):
     negatives: Literal["mined", "random"] = Field("mined", description="'mined': from the teacher's top-k (once, before training); 'random': uniform from the corpus.")
     mine_top_k: int = Field(30, ge=2, description="Depth of the teacher ranking negatives are drawn from.")
     mine_skip_top: int = Field(2, ge=0, description="Skip the teacher's top ranks (likely unlabelled positives).")
-    extra_queries: Literal["none", "corpus"] = Field("none", description="Unlabelled extra queries for embedding matching (EmbedDistill §4.3): 'corpus' draws pseudo-queries from the corpus.")
+    extra_queries: Literal["none", "corpus", "perturbed", "generated"] = Field("none", description=(
+        "Unlabelled extra queries for embedding matching (EmbedDistill §4.3): 'corpus' draws pseudo-queries from the "
+        "corpus, 'perturbed' edits the training queries (word dropout, swaps, crops), 'generated' re-generates them "
+        "with the seq2seq model at 'generator' (masking + Gaussian noise)."))
+    generator: str | None = Field(None, description="Hugging Face seq2seq checkpoint directory (e.g. a saved BART-base) for extra_queries: generated.")
+    generator_noise: float = Field(0.1, ge=0, description="Sigma of the Gaussian noise added between the generator's encoder and decoder (paper: 0.1 or 0.2).")
+    generated_per_query: int = Field(2, ge=1, description="Extra queries generated (or perturbed) per training query.")
     extra_query_ratio: float = Field(0.0, ge=0, description="Extra queries per labelled query in each batch.")
     extra_query_pool: int = Field(20000, ge=1, description="Most pseudo-queries drawn from the corpus.")
     pseudo_queries: int = Field(4000, ge=8, description="Label-free runs (train_split: null): pseudo-queries drawn from the corpus and labelled by the teacher.")

@@ -1,4 +1,4 @@
-"""Extra queries for embedding matching (EmbedDistill §4.3), drawn from the corpus without a model.
+"""Extra queries for embedding matching (EmbedDistill §4.3): from the corpus, or from the training queries.
 
 Embedding matching needs no labels, so any query-like text aligns the student with the teacher
 where training queries are sparse. This model-free generator takes titles, single sentences and
@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 
+from common.config import ConfigError
 from common.datasets import BeirDataset
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -69,3 +70,22 @@ def perturbed_queries(queries: list[str], per_query: int, seed: int, drop: float
                 seen.add(text)
                 out.append(text)
     return out
+
+
+def build_extra_queries(kind: str, dataset: BeirDataset, train_queries: list[str], pool: int, per_query: int, seed: int,
+                        generator: str | None = None, noise: float = 0.1, show_progress: bool = False) -> list[str]:
+    """The run's extra-query pool for ``data.extra_queries`` = ``kind`` (at most ``pool`` of them)."""
+    if kind == "corpus":
+        return corpus_pseudo_queries(dataset, pool, seed)
+    if kind == "perturbed":
+        out = perturbed_queries(train_queries, per_query, seed)
+    elif kind == "generated":
+        if generator is None:
+            raise ConfigError("data.extra_queries: generated needs data.generator, a seq2seq checkpoint directory")
+        from student_trainer.query_generation import QueryGenerator
+
+        out = QueryGenerator(generator, noise_sigma=noise, per_query=per_query, seed=seed).generate(train_queries, show_progress)
+    else:
+        return []
+    order = np.random.default_rng(seed).permutation(len(out))[:pool]
+    return [out[i] for i in order]

@@ -36,7 +36,7 @@ from student_trainer.agreement_monitor import run_agreement
 from student_trainer.config import RunConfig, TeacherRef, load_run_config
 from student_trainer.examples import build_examples, label_free_examples, split_queries
 from student_trainer.export import ExportedStudent, export_sentence_transformers
-from student_trainer.extra_queries import corpus_pseudo_queries
+from student_trainer.extra_queries import build_extra_queries, corpus_pseudo_queries
 from student_trainer.negative_refresh import TrainingQueries
 from student_trainer.progress import ProgressBar
 from student_trainer.report import write_report
@@ -167,6 +167,11 @@ def prepare_examples(run: RunConfig, dataset: BeirDataset, client: TeacherClient
     return path, table.num_rows
 
 
+def training_queries(examples: Path) -> list[str]:
+    """The distinct training queries of the examples file (what perturbed / generated extra queries start from)."""
+    return list(dict.fromkeys(pq.read_table(examples, columns=["query"]).column("query").to_pylist()))
+
+
 def train_student(run: RunConfig, info: dict[str, Any], examples: Path, num_examples: int, doc_index: DocEmbeddings,
                   extra_queries: list[str], show_progress: bool,
                   hooks: dict[str, Any] | None = None) -> tuple[Any, list[dict[str, Any]]]:
@@ -266,8 +271,9 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
 
     t = time.perf_counter()
     examples, num_examples = prepare_examples(run, dataset, client, doc_index)
-    extra = (corpus_pseudo_queries(dataset, run.data.extra_query_pool, run.train.seed)
-             if run.data.extra_queries == "corpus" and run.data.extra_query_ratio > 0 else [])
+    extra = (build_extra_queries(run.data.extra_queries, dataset, training_queries(examples), run.data.extra_query_pool,
+                                 run.data.generated_per_query, run.train.seed, run.data.generator, run.data.generator_noise,
+                                 show_progress) if run.data.extra_query_ratio > 0 else [])
     timings["examples_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

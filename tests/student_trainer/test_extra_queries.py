@@ -64,3 +64,21 @@ def test_generator_refuses_what_it_cannot_use(tmp_path, tiny_bert_dir):
         QueryGenerator(tmp_path)
     with pytest.raises(ValueError, match="mask_ratio"):
         QueryGenerator(tiny_bert_dir, mask_ratio=1.5)
+
+
+def test_run_config_builds_each_kind_of_extra_query_pool(tiny_bart_dir, mini_beir):
+    from common.datasets import load_beir
+    from student_trainer.config import DataConfig
+    from student_trainer.extra_queries import build_extra_queries
+
+    dataset = load_beir(mini_beir)
+    generated = build_extra_queries("generated", dataset, QUERIES[:3], pool=4, per_query=2, seed=0,
+                                    generator=str(tiny_bart_dir), noise=0.2)
+    assert 0 < len(generated) <= 4 and not set(generated) & set(QUERIES)
+    assert build_extra_queries("perturbed", dataset, QUERIES, pool=3, per_query=2, seed=0) == \
+        build_extra_queries("perturbed", dataset, QUERIES, pool=3, per_query=2, seed=0)
+    assert len(build_extra_queries("perturbed", dataset, QUERIES, pool=3, per_query=2, seed=0)) == 3
+    assert build_extra_queries("none", dataset, QUERIES, pool=3, per_query=2, seed=0) == []
+    with pytest.raises(ValueError, match="data.generator"):
+        build_extra_queries("generated", dataset, QUERIES, pool=3, per_query=2, seed=0)
+    assert DataConfig(extra_queries="generated", generator=str(tiny_bart_dir), generator_noise=0.2).generated_per_query == 2
