@@ -36,5 +36,5 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, **kwargs
     # one of them would wait forever, so the embedded instance declares at least 4.
     if num_cpus is None:
         num_cpus = max(4, os.cpu_count() or 1)
-    # Loopback only: a laptop run must not open ports on the network.
+    # Ask for loopback; Ray 2.60 still binds its GCS on all interfaces, guarded by its token auth (docs/reliability.md).
     return ray.init(num_cpus=num_cpus, _node_ip_address="127.0.0.1", **common, **kwargs).__dict__
