@@ -92,7 +92,7 @@ class TeacherJob(StrictModel):
     out: Path = Field(description="Output directory: the checkpoint plus metrics.json.")
 
     @model_validator(mode="after")
-    def _kind_options(self) -> TeacherJob:
+    def _mining_window(self) -> TeacherJob:
         if self.data.mine_skip_top >= self.data.mine_depth:
             raise ValueError(f"mine_skip_top ({self.data.mine_skip_top}) must be below mine_depth ({self.data.mine_depth})")
         return self

@@ -10,7 +10,8 @@ re-ranks for the dev nDCG@10.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,7 +39,11 @@ class TrainingGroup:
 
 @dataclass
 class MinedPair:
-    """A (training query, relevant document) pair and the pool its hard negatives are drawn from."""
+    """A (training query, relevant document) pair and the pool its hard negatives are drawn from.
+
+    ``relevant`` holds every document judged relevant to the query's text (under any query id):
+    none of them may be drawn as a negative.
+    """
 
     query_id: str
     positive_id: str
@@ -91,12 +96,15 @@ class TeacherData:
         return TrainingGroup(self.dataset.query_text[pair.query_id], self.text(pair.positive_id), [self.text(d) for d in chosen])
 
 
-def split_dev(query_ids: list[str], dev_queries: int, seed: int) -> tuple[list[str], list[str]]:
-    """(train ids, dev ids): ``dev_queries`` ids held out at random (seeded), both in file order."""
-    if dev_queries >= len(query_ids):
-        raise DataError(f"dev_queries={dev_queries} leaves no training queries (the split has {len(query_ids)})")
-    held = set(np.random.default_rng(seed).permutation(len(query_ids))[:dev_queries].tolist())
-    return [q for i, q in enumerate(query_ids) if i not in held], [q for i, q in enumerate(query_ids) if i in held]
+def split_dev(query_ids: list[str], dev_queries: int, seed: int, key: Callable[[str], str] = str) -> tuple[list[str], list[str]]:
+    """(train ids, dev ids), both in input order: ``dev_queries`` distinct ``key`` values held out
+    at random (seeded) with every id that shares them, so a query repeated under two ids (scifact
+    has such claims) never sits on both sides."""
+    keys = list(dict.fromkeys(key(q) for q in query_ids))
+    if dev_queries >= len(keys):
+        raise DataError(f"dev_queries={dev_queries} leaves no training queries (the split has {len(keys)} distinct queries)")
+    held = {keys[i] for i in np.random.default_rng(seed).permutation(len(keys))[:dev_queries]}
+    return [q for q in query_ids if key(q) not in held], [q for q in query_ids if key(q) in held]
 
 
 def mine_rankings(dataset: BeirDataset, query_ids: list[str], config: TeacherDataConfig, depth: int,
@@ -125,14 +133,18 @@ def build_teacher_data(dataset: BeirDataset, config: TeacherDataConfig, seed: in
     query_ids = dataset.split_query_ids(config.split)
     if not query_ids:
         raise DataError(f"{dataset.path}: split '{config.split}' has no query with a relevant document")
-    train_ids, dev_ids = split_dev(query_ids, config.dev_queries, seed)
+    train_ids, dev_ids = split_dev(query_ids, config.dev_queries, seed, key=dataset.query_text.__getitem__)
     rankings = mine_rankings(dataset, query_ids, config, max(config.mine_depth, config.dev_depth), show_progress)
     qrels = dataset.qrels(config.split)
+    # A document relevant to a query text under any of its ids is never its negative.
+    relevant_to_text: dict[str, set[str]] = defaultdict(set)
+    for qid in query_ids:
+        relevant_to_text[dataset.query_text[qid]].update(d for d, grade in qrels[qid].items() if grade > 0)
     pairs = []
     for qid in train_ids:
-        relevant = frozenset(d for d, grade in qrels[qid].items() if grade > 0)
+        relevant = frozenset(relevant_to_text[dataset.query_text[qid]])
         pool = [d for d, _ in rankings[qid][config.mine_skip_top : config.mine_depth] if d not in relevant]
-        pairs += [MinedPair(qid, pos, pool, relevant) for pos in sorted(relevant)]
+        pairs += [MinedPair(qid, pos, pool, relevant) for pos in sorted(d for d, grade in qrels[qid].items() if grade > 0)]
     dev_rank = {q: rankings[q][: config.dev_depth] for q in dev_ids}
     return TeacherData(
         dataset=dataset, pairs=pairs,
