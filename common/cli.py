@@ -10,15 +10,25 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from common.config import ConfigError
-from common.datasets import DataError
-from common.model_registry import ModelNotFoundError
-from common.ray_runtime import RayConnectError
-
 # Modules that contribute subcommands through ``register(subparsers)``.
 COMMAND_MODULES = ("student_trainer.cli", "student_trainer.experiment", "teacher_service.cli", "teacher_trainer.cli")
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, DataError, ModelNotFoundError, RayConnectError, FileNotFoundError)
+# Packages of the ``all`` extra: the base install is only the HTTP client.
+FULL_INSTALL_PACKAGES = ("torch", "transformers", "ray", "faiss", "fastapi", "pytrec_eval", "matplotlib", "scipy", "bm25s", "Stemmer", "psutil")
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean the user has something to fix: printed as one line, not a traceback."""
+    from common.config import ConfigError
+    from common.datasets import DataError
+    from common.model_registry import ModelNotFoundError
+    from common.ray_runtime import RayConnectError
+    from student_trainer.teacher_signals import TeacherUnavailable
+    from student_trainer.train_loop import CheckpointError
+    from teacher_service.errors import TeacherServiceError
+
+    return (ConfigError, DataError, ModelNotFoundError, RayConnectError, FileNotFoundError,
+            TeacherServiceError, TeacherUnavailable, CheckpointError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,16 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()
+        errors = user_errors()
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.split(".")[0] in FULL_INSTALL_PACKAGES:
+            # A client-only install (the base package) has no trainer or service to run.
+            print(f"tightdistill: the command line needs the full install (missing {exc.name!r}): "
+                  "pip install 'tightdistill[all]'", file=sys.stderr)
+            return 2
+        raise
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int | None] = args.handler
-    from student_trainer.teacher_signals import TeacherUnavailable
-    from student_trainer.train_loop import CheckpointError
-    from teacher_service.errors import TeacherServiceError
-
     try:
         return int(handler(args) or 0)
-    except (*USER_ERRORS, TeacherServiceError, TeacherUnavailable, CheckpointError) as exc:
+    except errors as exc:
         print(f"tightdistill {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -145,3 +145,38 @@ def test_unreachable_service_is_unavailable_after_retries():
     with pytest.raises(Unavailable, match="unreachable after 3 tries") as info:
         client.encode(["a"])
     assert info.value.code == "unavailable" and time.monotonic() - start >= 0.05 * (0.5 + 1.0)
+
+
+def _requirement_names(requirements: list[str]) -> set[str]:
+    import re
+
+    return {re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0].lower() for req in requirements}
+
+
+def test_client_install_brings_no_heavy_package():
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    light = _requirement_names(project["dependencies"] + project["optional-dependencies"]["client"])
+    heavy = {"torch", "ray", "transformers", "fastapi", "faiss-cpu", "sentence-transformers"}
+    assert not light & heavy, f"pip install tightdistill[client] would bring {sorted(light & heavy)}"
+    # ... and the full extra has what the service and the trainer import.
+    full = _requirement_names(project["optional-dependencies"]["all"])
+    assert {"torch", "ray", "transformers", "faiss-cpu", "fastapi"} <= full
+
+
+def test_command_line_on_a_client_only_install_says_what_to_install():
+    script = (
+        "import sys\n"
+        "class Blocker:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.partition('.')[0] in ('torch', 'ray'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, Blocker())\n"
+        "from common.cli import main\n"
+        "sys.exit(main(['train', '--help']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "pip install 'tightdistill[all]'" in proc.stderr
+    assert "Traceback" not in proc.stderr
