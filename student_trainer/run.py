@@ -42,8 +42,10 @@ from student_trainer.progress import ProgressBar
 from student_trainer.report import write_report
 from student_trainer.students import DualEncoderStudent
 from student_trainer.teacher_index import DocEmbeddings, teacher_doc_embeddings
-from student_trainer.train_loop import load_checkpoint, total_training_steps, train_loop_per_worker
+from student_trainer.teacher_signals import TeacherUnavailable
+from student_trainer.train_loop import CheckpointError, load_checkpoint, total_training_steps, train_loop_per_worker
 from teacher_service.client import TeacherClient
+from teacher_service.errors import TeacherServiceError
 
 
 @dataclass
@@ -172,6 +174,33 @@ def training_queries(examples: Path) -> list[str]:
     return list(dict.fromkeys(pq.read_table(examples, columns=["query"]).column("query").to_pylist()))
 
 
+def user_facing_training_error(error: BaseException) -> BaseException:
+    """The error a user can act on, out of Ray Train's wrappers.
+
+    Ray reports a failed worker as ``WorkerGroupError`` (its ``worker_failures`` hold the workers'
+    exceptions) and a run directory it cannot resume as ``CheckpointManagerInitializationError``;
+    the ``tightdistill`` command line prints a :class:`CheckpointError`, a teacher error or
+    :class:`TeacherUnavailable` as one line, so those are raised as themselves. Anything else is
+    returned unchanged.
+    """
+    from ray.train.v2._internal.exceptions import CheckpointManagerInitializationError
+
+    seen: set[int] = set()
+    stack: list[BaseException] = [error]
+    while stack:
+        exc = stack.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if isinstance(exc, (CheckpointError, TeacherUnavailable, TeacherServiceError)):
+            return exc
+        if isinstance(exc, CheckpointManagerInitializationError):
+            return CheckpointError(f"cannot resume from the run's checkpoints: {' '.join(str(exc).split())}")
+        stack.extend(getattr(exc, "worker_failures", {}).values())
+        stack.extend(e for e in (getattr(exc, "controller_failure", None), exc.__cause__, exc.__context__) if e is not None)
+    return error
+
+
 def train_student(run: RunConfig, info: dict[str, Any], examples: Path, num_examples: int, doc_index: DocEmbeddings,
                   extra_queries: list[str], show_progress: bool,
                   hooks: dict[str, Any] | None = None) -> tuple[Any, list[dict[str, Any]]]:
@@ -204,9 +233,12 @@ def train_student(run: RunConfig, info: dict[str, Any], examples: Path, num_exam
             # a teacher replica and the workers, and Train would wait forever.
             datasets={"train": ray.data.read_parquet(str(examples), ray_remote_args={"num_cpus": 0.1})},
         )
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except Exception as exc:  # noqa: BLE001 - Ray wraps a worker's error in its own types
+            raise user_facing_training_error(exc) from exc
     if result.error:
-        raise result.error
+        raise user_facing_training_error(result.error) from result.error
     history = (result.return_value or {}).get("history", []) if hasattr(result, "return_value") else []
     return result.checkpoint, history
 

@@ -183,8 +183,8 @@ class TeacherSignalSource:
                 return assemble({k: f.result(timeout=max(0.0, deadline - time.monotonic()))
                                  for k, f in pending.futures.items()})
             except TeacherServiceError as exc:
-                if exc.status < 500:
-                    raise  # the request itself is wrong: retrying cannot help
+                if exc.status < 500 and exc.status != 429:
+                    raise  # the request itself is wrong: retrying cannot help (an overload can pass)
                 error: Exception = exc
             except Exception as exc:  # noqa: BLE001 - replica death surfaces as several Ray error types
                 error = exc

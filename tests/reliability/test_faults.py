@@ -35,6 +35,7 @@ from reliability_helpers import (
 from student_trainer.config import RunConfig
 from student_trainer.run import train_student
 from student_trainer.teacher_signals import TeacherSignalSource, TeacherUnavailable, TrainBatch
+from student_trainer.train_loop import CheckpointError
 from teacher_service.client import TeacherClient
 
 APP = "rel-faults"
@@ -117,11 +118,11 @@ def test_corrupt_or_missing_checkpoint_fails_the_resume_clearly(worker_killed_ru
     assert latest["step"] == STEPS
 
     (latest["path"] / "student.pt").write_bytes(b"not a torch file")
-    with pytest.raises(Exception, match=r"(?s)checkpoint .* is corrupt"):
+    with pytest.raises(CheckpointError, match=r"(?s)checkpoint .* is corrupt"):
         train_student(more, prepared["info"], prepared["examples"], prepared["n"], prepared["index"], [], False)
     assert checkpoint_steps(run.run_dir) == before, "a checkpoint was written: training went on without the checkpoint"
 
     shutil.rmtree(latest["path"])
-    with pytest.raises(Exception, match=r"(?s)checkpoint.*(does not exist|not found|missing)"):
+    with pytest.raises(CheckpointError, match=r"(?s)checkpoint.*(does not exist|not found|missing)"):
         train_student(more, prepared["info"], prepared["examples"], prepared["n"], prepared["index"], [], False)
     assert checkpoint_steps(run.run_dir) == [s for s in before if s != STEPS]
