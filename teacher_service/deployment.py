@@ -23,6 +23,7 @@ from ray import serve
 
 from teacher_service.errors import TeacherServiceError
 from teacher_service.kinds import Encoded, PairOutput, Teacher, build_teacher
+from teacher_service.kinds.base import EncodeCall
 from teacher_service.schemas import REQUEST_TYPES, Role, ServiceLimits, check_limits, estimate_tokens, parse_request
 from teacher_service.service_metrics import UNKNOWN, ReplicaMetrics
 from teacher_service.signal_cache import CachedPrimitives, EncodingCache, teacher_fingerprint
@@ -121,10 +122,15 @@ class BatchedPrimitives:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
 
     def encode(self, texts: list[str], role: Role, with_tokens: bool = False) -> Encoded:
+        return self.encode_many([(texts, role, with_tokens)])[0]
+
+    def encode_many(self, calls: list[EncodeCall]) -> list[Encoded]:
         budget = self.replica.spec.batch_max_tokens
-        futures = [self._submit(self.replica.encode_batch(EncodeJob(texts[a:b], role, with_tokens)))
-                   for a, b in chunk_by_tokens(texts, budget)]
-        return Encoded.concat([f.result() for f in futures])
+        # Queue every chunk of every call before waiting on any.
+        futures = [[self._submit(self.replica.encode_batch(EncodeJob(texts[a:b], role, with_tokens)))
+                    for a, b in chunk_by_tokens(texts, budget)]
+                   for texts, role, with_tokens in calls]
+        return [Encoded.concat([f.result() for f in chunks]) for chunks in futures]
 
     def forward_pairs(self, queries: list[str], documents: list[str]) -> PairOutput:
         budget = self.replica.spec.batch_max_tokens

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from teacher_service.kinds.base import Encoded, PairOutput, Primitives
+from teacher_service.kinds.base import EncodeCall, Encoded, PairOutput, Primitives
 from teacher_service.schemas import Role
 from teacher_service.spec import CacheConfig
 
@@ -185,10 +185,27 @@ class CachedPrimitives:
         self.cache = cache
 
     def encode(self, texts: list[str], role: Role, with_tokens: bool = False) -> Encoded:
-        keys = [text_key(role, t) for t in texts]
+        return self.encode_many([(texts, role, with_tokens)])[0]
+
+    def encode_many(self, calls: list[EncodeCall]) -> list[Encoded]:
+        # Look every call up first, so all misses go to ``inner`` together (one batching window).
+        lookups = [self._lookup(texts, role, with_tokens) for texts, role, with_tokens in calls]
+        misses = [(list(missing.values()), role, with_tokens)
+                  for (_, missing), (_, role, with_tokens) in zip(lookups, calls) if missing]
+        fresh = iter(self.inner.encode_many(misses) if misses else [])
+        out = []
+        for (found, missing), (texts, role, with_tokens) in zip(lookups, calls):
+            if missing:
+                self._store(found, missing, next(fresh))
+            out.append(self._assemble([found[text_key(role, t)] for t in texts], with_tokens))
+        return out
+
+    def _lookup(self, texts: list[str], role: Role, with_tokens: bool) -> tuple[dict[bytes, CacheEntry], dict[bytes, str]]:
+        """``(found, missing)``: cached entries by key, and the distinct texts still to encode."""
         found: dict[bytes, CacheEntry] = {}
         missing: dict[bytes, str] = {}
-        for key, text in zip(keys, texts):
+        for text in texts:
+            key = text_key(role, text)
             if key in found or key in missing:
                 continue
             entry = self.cache.get(key, with_tokens)
@@ -196,15 +213,18 @@ class CachedPrimitives:
                 missing[key] = text
             else:
                 found[key] = entry
-        if missing:
-            fresh = self.inner.encode(list(missing.values()), role, with_tokens)
-            for i, key in enumerate(missing):
-                # Copies, not views: a view would pin the whole batch array and the budget would lie.
-                tokens = None if fresh.tokens is None else fresh.take(i, i + 1).tokens.copy()
-                entry = CacheEntry(fresh.pooled[i].copy(), tokens)
-                found[key] = entry
-                self.cache.put(key, entry)
-        rows = [found[k] for k in keys]
+        return found, missing
+
+    def _store(self, found: dict[bytes, CacheEntry], missing: dict[bytes, str], fresh: Encoded) -> None:
+        for i, key in enumerate(missing):
+            # Copies, not views: a view would pin the whole batch array and the budget would lie.
+            tokens = None if fresh.tokens is None else fresh.take(i, i + 1).tokens.copy()
+            entry = CacheEntry(fresh.pooled[i].copy(), tokens)
+            found[key] = entry
+            self.cache.put(key, entry)
+
+    @staticmethod
+    def _assemble(rows: list[CacheEntry], with_tokens: bool) -> Encoded:
         pooled = np.stack([e.pooled for e in rows]) if rows else np.empty((0, 0), dtype=np.float32)
         if not with_tokens:
             return Encoded(pooled)

@@ -93,8 +93,17 @@ class TeacherInfo(BaseModel):
     parameters: int | None = Field(None, description="Number of model parameters.")
 
 
+# One ``encode`` call's arguments: (texts, role, with_tokens).
+EncodeCall = tuple[list[str], Role, bool]
+
+
 class Primitives(Protocol):
     def encode(self, texts: list[str], role: Role, with_tokens: bool = False) -> Encoded: ...
+
+    def encode_many(self, calls: list[EncodeCall]) -> list[Encoded]:
+        """Several ``encode`` calls at once: batched primitives queue them all before waiting, so
+        a request's queries and documents share one batching window instead of two in a row."""
+        ...
 
     def forward_pairs(self, queries: list[str], documents: list[str]) -> PairOutput: ...
 
@@ -135,6 +144,9 @@ class Teacher(ABC):
     # --- primitives: default to "not this kind" ------------------------------------------------
     def encode(self, texts: list[str], role: Role, with_tokens: bool = False) -> Encoded:
         raise self.unsupported("embeddings (encode)")
+
+    def encode_many(self, calls: list[EncodeCall]) -> list[Encoded]:
+        return [self.encode(*call) for call in calls]  # in-process: one pass after the other
 
     def forward_pairs(self, queries: list[str], documents: list[str]) -> PairOutput:
         raise self.unsupported("pair forward passes")
@@ -191,7 +203,8 @@ class RepresentationTeacher(Teacher):
         """Scores from encodings: ``[n]`` for mode 'pairs', ``[nq, nd]`` for 'matrix'."""
 
     def _encode_both(self, req: ScoreRequest | SignalsRequest, prims: Primitives, tokens: bool) -> tuple[Encoded, Encoded]:
-        return prims.encode(req.queries, "query", tokens), prims.encode(req.documents, "document", tokens)
+        q, d = prims.encode_many([(req.queries, "query", tokens), (req.documents, "document", tokens)])
+        return q, d
 
     def needs_tokens_to_score(self) -> bool:
         return False

@@ -27,6 +27,9 @@ class CountingPrimitives:
         self.encoded += texts
         return self.teacher.encode(texts, role, with_tokens)
 
+    def encode_many(self, calls) -> list[Encoded]:
+        return [self.encode(*call) for call in calls]
+
     def forward_pairs(self, queries, documents):
         return self.teacher.forward_pairs(queries, documents)
 
@@ -53,6 +56,23 @@ def test_only_misses_reach_the_model_and_cached_equals_fresh(tiny_teacher):
     prims.encode([TEXTS[0]], "query")
     assert inner.encoded[-1] == TEXTS[0] and len(inner.encoded) == 5
     assert prims.cache.stats()["cache_hits"] == 2  # the in-request repeat never reached the lookup
+
+
+def test_encode_many_sends_all_misses_in_one_call_and_equals_separate_encodes(tiny_teacher):
+    calls: list[list] = []
+
+    class Recording(CountingPrimitives):
+        def encode_many(self, many):
+            calls.append([list(texts) for texts, _, _ in many])
+            return super().encode_many(many)
+
+    prims = CachedPrimitives(Recording(tiny_teacher), EncodingCache(CacheConfig(), "fp"))
+    prims.encode([TEXTS[0]], "query")
+    queries, docs = prims.encode_many([([TEXTS[0], TEXTS[1]], "query", False), (TEXTS[:3], "document", False)])
+    assert calls[-1] == [[TEXTS[1]], TEXTS[:3]]  # the cached query stays out; both roles in one call
+    np.testing.assert_array_equal(queries.pooled, prims.encode([TEXTS[0], TEXTS[1]], "query").pooled)
+    np.testing.assert_allclose(docs.pooled, tiny_teacher.encode(TEXTS[:3], "document").pooled, rtol=1e-5, atol=1e-6)
+    assert len(calls) == 2  # the last encode was all hits: nothing reached the model
 
 
 def test_token_embeddings_are_cached_and_serve_pooled_requests(tiny_bert_dir):
