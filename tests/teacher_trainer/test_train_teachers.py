@@ -61,8 +61,11 @@ def test_saved_checkpoint_serves_the_trained_scores(trained, name):
     got = client.score([QUERY] * len(DOCS), DOCS, mode="pairs")
     with torch.no_grad():
         expected = result.trainee.eval().score(QUERY, DOCS)
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-    assert len(set(np.round(got, 5))) == len(DOCS)  # real, distinct scores
+    # A tiny, briefly trained [CLS] CE scores its documents within ~1e-5 of each other: compare
+    # relative to the scores, not with an absolute slack that would swallow their differences.
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7)
+    assert np.unique(got).size == len(DOCS)  # real, distinct scores
+    np.testing.assert_array_equal(np.argsort(got), np.argsort(expected))
 
 
 def test_dual_pooled_checkpoint_gives_proxies(trained):
