@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import ray
 import ray.train
 from tqdm.auto import tqdm
@@ -124,8 +125,6 @@ def refresh_inputs(run: RunConfig, examples: Path, dataset: BeirDataset) -> Any:
     if run.data.refresh.every is None:
         return None
     from dataclasses import asdict
-
-    import pyarrow.parquet as pq
 
     table = pq.read_table(examples, columns=["query", "positive_id"])
     data = TrainingQueries.from_examples(table.column("query").to_pylist(), table.column("positive_id").to_pylist(),
@@ -358,6 +357,7 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
         metrics["agreement"] = agreement.aggregate
         (run.run_dir / "agreement.json").write_text(json.dumps(_finite(agreement.per_query)))
     metrics["query_latency_ms"] = query_latencies(info, exported, dataset, run)
+    metrics["extra_queries"] = {"source": run.data.extra_queries, "pool": len(extra)}
     (run.run_dir / "metrics.json").write_text(json.dumps(_finite(metrics), indent=2))
     (run.run_dir / "history.json").write_text(json.dumps(_finite(history), indent=2))
     if "teacher" in query_emb:

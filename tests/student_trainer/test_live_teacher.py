@@ -186,7 +186,8 @@ def test_run_with_ensemble_refresh_and_agreement(live, tiny_bert_dir, mini_beir,
                    teacher={"teacher": None, "teachers": ["tiny", {"name": "tiny-cls-cos", "weight": 0.5}], "calibration": "zscore"},
                    # a margin no z-score reaches: the teacher checks every candidate and keeps them all (random
                    # tiny teachers rank the labelled positives anywhere, so a real guard could empty the pools)
-                   data={"refresh": {"every": 2, "top_k": 8, "queries": None, "false_negative_margin": 100.0}},
+                   data={"refresh": {"every": 2, "top_k": 8, "queries": None, "false_negative_margin": 100.0},
+                         "extra_queries": "perturbed", "extra_query_ratio": 0.5},
                    train={"max_steps": 4, "losses": {"in_batch_kl": {}, "margin_mse": {"weight": 0.1}, "query_embedding": {}}},
                    eval={"agreement_every": 2, "agreement_queries": 16, "agreement_k": 5})
     before = replica_requests("tiny-cls-cos")
@@ -208,6 +209,7 @@ def test_run_with_ensemble_refresh_and_agreement(live, tiny_bert_dir, mini_beir,
     assert [t["name"] for t in metrics["signals"]["teachers"]] == ["tiny", "tiny-cls-cos"]
     assert metrics["signals"]["teachers"][1]["weight"] == 0.5 and metrics["signals"]["teachers"][1]["calibration"] == "zscore"
     assert metrics["signals"]["query_embeddings"] == "tiny"
+    assert metrics["extra_queries"]["source"] == "perturbed" and metrics["extra_queries"]["pool"] > 0
     assert 0 <= metrics["agreement"]["overlap@5"] <= 1 and 0 <= metrics["agreement"]["RBO@5"] <= 1
     per_query = json.loads((result.run_dir / "agreement.json").read_text())
     assert len(per_query["overlap@5"]) == metrics["num_eval_queries"]
