@@ -25,6 +25,25 @@ from common.pooling import get_pooler
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def resolve_dtype(dtype: str, device: str = "cpu") -> str:
+    """The weights dtype to load: ``dtype`` itself, or for ``"auto"`` the fastest one ``device``
+    runs natively.
+
+    CPUs with bf16 instructions (AVX512-BF16, AMX) run a BERT forward pass 2-3x faster in
+    bfloat16 than in float32 (measured here: 21.6 -> 61.6 scifact documents/s with
+    all-MiniLM-L6-v2 at 256 tokens, embeddings within cosine 0.9999 of float32); CPUs without
+    them emulate bf16 and are slower, so they keep float32. GPUs take bfloat16 where supported,
+    else float16.
+    """
+    if dtype != "auto":
+        return dtype
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    cpu = getattr(torch, "cpu", None)
+    native_bf16 = any(getattr(cpu, probe, lambda: False)() for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    return "bfloat16" if native_bf16 else "float32"
+
+
 @dataclass(frozen=True)
 class SentenceTransformersMeta:
     """Settings a sentence-transformers directory declares about itself."""

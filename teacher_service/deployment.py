@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from ray import serve
 
+from common.text_encoder import resolve_dtype
 from teacher_service.errors import TeacherServiceError
 from teacher_service.kinds import Encoded, PairOutput, Teacher, build_teacher
 from teacher_service.kinds.base import EncodeCall
@@ -151,6 +152,8 @@ class TeacherReplica:
 
     def __init__(self, spec: dict[str, Any], limits: dict[str, Any]) -> None:
         self.spec = TeacherSpec.model_validate(spec)
+        # What "auto" means on this replica's hardware (also what the cache fingerprint records).
+        self.spec.dtype = resolve_dtype(self.spec.dtype, self.spec.device)
         self.limits = ServiceLimits.model_validate(limits)
         threads = self.spec.torch_threads or max(1, int(self.spec.ray_actor_options.get("num_cpus", 1) or 1))
         torch.set_num_threads(threads)

@@ -28,7 +28,9 @@ class TeacherSpec(StrictModel):
     kind: Literal["dual_encoder", "colbert", "cross_encoder"] = Field(description="Teacher kind.")
     checkpoint: str = Field(description="Registry name (minilm-l6, mpnet-base), local directory or hub id.")
     device: str = Field("cpu", description="'cpu', 'cuda' or 'cuda:N'; use with ray_actor_options.num_gpus.")
-    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Weights dtype (half precision on GPUs).")
+    dtype: Literal["float32", "float16", "bfloat16", "auto"] = Field(
+        "float32", description="Weights dtype. 'auto': bfloat16 on CPUs with native bf16 (AVX512-BF16, AMX) and on GPUs "
+        "that support it, float16 on other GPUs, float32 on other CPUs.")
     options: dict[str, Any] = Field(default_factory=dict, description="Kind-specific options (pooling, similarity, lengths...).")
     num_replicas: int | Literal["auto"] = Field(1, description="Replicas, or 'auto' with autoscaling_config.")
     autoscaling_config: dict[str, Any] | None = Field(None, description="Ray Serve autoscaling settings (min_replicas, max_replicas, ...).")

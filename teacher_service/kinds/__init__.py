@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from common.config import parse_config
+from common.text_encoder import resolve_dtype
 from teacher_service.kinds.base import Encoded, PairOutput, Teacher, TeacherInfo
 from teacher_service.kinds.colbert import ColBERTTeacher
 from teacher_service.kinds.cross_encoder import CrossEncoderTeacher
@@ -22,7 +23,10 @@ def build_teacher(spec: TeacherSpec) -> Teacher:
         raise ValueError(f"teacher '{spec.name}': kind '{spec.kind}' is not available; known kinds: {sorted(KINDS)}")
     cls = KINDS[spec.kind]
     options = parse_config(cls.Options, spec.options, source=f"teacher '{spec.name}' options")
-    return cls(spec.name, spec.checkpoint, options, device=spec.device, dtype=spec.dtype, token_budget=spec.token_budget)
+    dtype = resolve_dtype(spec.dtype, spec.device)
+    teacher = cls(spec.name, spec.checkpoint, options, device=spec.device, dtype=dtype, token_budget=spec.token_budget)
+    teacher.dtype = dtype
+    return teacher
 
 
 __all__ = ["KINDS", "Encoded", "PairOutput", "Teacher", "TeacherInfo", "build_teacher"]

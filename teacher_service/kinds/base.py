@@ -91,6 +91,7 @@ class TeacherInfo(BaseModel):
     matrix_cost: str = Field(description="What an in-batch matrix of B queries x N documents costs.")
     max_matrix_pairs: int | None = Field(None, description="Largest matrix (queries x documents) accepted, where capped.")
     parameters: int | None = Field(None, description="Number of model parameters.")
+    dtype: str = Field("float32", description="Dtype the teacher computes in (part of what determines its embeddings).")
 
 
 # One ``encode`` call's arguments: (texts, role, with_tokens).
@@ -113,6 +114,7 @@ class Teacher(ABC):
 
     kind: ClassVar[str]
     signals_offered: ClassVar[tuple[str, ...]]
+    dtype: str = "float32"  # the resolved weights dtype; build_teacher sets it
 
     def __init__(self, name: str, checkpoint: str, options: Any = None, device: str = "cpu",
                  token_budget: int = 16384) -> None:
@@ -129,6 +131,7 @@ class Teacher(ABC):
     def describe(self) -> TeacherInfo:
         info = self._info()
         info.parameters = self.parameter_count()
+        info.dtype = self.dtype
         return info
 
     def parameter_count(self) -> int:

@@ -332,3 +332,19 @@ def test_zero_shot_colbert_on_minilm_ranks_scifact_relevant_first(http_client):
     docs = [texts[data.doc_index[relevant]], texts[data.doc_index[unrelated]]]
     scores = http_client.score([data.query_text[qid]], docs, mode="matrix", teacher="colbert-minilm")
     assert scores[0, 0] > scores[0, 1] + 0.5  # 5.3 vs 4.2 on this pair
+
+
+def test_auto_dtype_is_bf16_only_where_the_cpu_runs_it_natively(tiny_bert_dir):
+    from common.text_encoder import resolve_dtype
+
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert resolve_dtype("auto", "cpu") == ("bfloat16" if native else "float32")
+    assert resolve_dtype("float32", "cpu") == "float32" and resolve_dtype("bfloat16", "cuda") == "bfloat16"
+    texts = ["a glacier cave forms in ice", "hamlet is a tragedy by shakespeare", "penguins"]
+    fp32 = build_teacher(TeacherSpec(name="f", kind="dual_encoder", checkpoint=str(tiny_bert_dir)))
+    auto = build_teacher(TeacherSpec(name="a", kind="dual_encoder", checkpoint=str(tiny_bert_dir), dtype="auto"))
+    a, b = fp32.encode(texts, "document").pooled, auto.encode(texts, "document").pooled
+    assert auto.describe().dtype == resolve_dtype("auto", "cpu") and fp32.describe().dtype == "float32"
+    assert a.dtype == b.dtype == np.float32  # embeddings leave the teacher as float32 whatever it computes in
+    cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    assert cos.min() > 0.99
