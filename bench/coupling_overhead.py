@@ -138,18 +138,25 @@ def main() -> None:
     from teacher_service.spec import ServiceConfig
 
     init_ray()
-    served = TeacherSpec.model_validate({**spec.model_dump(), "ray_actor_options": {"num_cpus": 1}, "cache": {"max_bytes": 0}})
-    deploy(ServiceConfig(teachers=[served]), app_name="coupling-bench", route_prefix=None)
-    client = TeacherClient.from_serve("coupling-bench")
-    info = client.describe("minilm")
-    source = TeacherSignalSource(client, "minilm", info, index, want_query_embeddings=True)
-    service = timed_steps(Trainer(doc_emb), ((p.batch, lambda p=p: source.collect(p).query_embeddings)
-                                             for p in with_prefetch(iter(batches), source, prefetch=True)), args.warmup)
-    serve.delete("coupling-bench")
+    # The replica with the trainer's thread count, and (on a multi-core machine) with one thread:
+    # with prefetch, the replica's forward pass overlaps the student's step, and two thread pools
+    # each as wide as the machine fight over the same cores.
+    services = {}
+    for replica_threads in dict.fromkeys([args.threads, 1]):
+        served = TeacherSpec.model_validate({**spec.model_dump(), "torch_threads": replica_threads,
+                                             "ray_actor_options": {"num_cpus": 1}, "cache": {"max_bytes": 0}})
+        deploy(ServiceConfig(teachers=[served]), app_name="coupling-bench", route_prefix=None)
+        client = TeacherClient.from_serve("coupling-bench")
+        info = client.describe("minilm")
+        source = TeacherSignalSource(client, "minilm", info, index, want_query_embeddings=True)
+        services[f"service + prefetch (replica {replica_threads} thread{'s' if replica_threads > 1 else ''})"] = timed_steps(
+            Trainer(doc_emb), ((p.batch, lambda p=p: source.collect(p).query_embeddings)
+                               for p in with_prefetch(iter(batches), source, prefetch=True)), args.warmup)
+        serve.delete("coupling-bench")
 
     base = float(np.mean(inline))
     rows = [{"teacher": name, "step_s": float(np.mean(t)), "p50_s": float(np.median(t)), "ratio_vs_in_process": float(np.mean(t)) / base}
-            for name, t in (("precomputed (parquet)", precomputed), ("in-process, inline", inline), ("service + prefetch", service))]
+            for name, t in (("precomputed (parquet)", precomputed), ("in-process, inline", inline), *services.items())]
     print(f"\n{args.steps} steps of batch {args.batch_size} + {args.batch_size} extra queries, {args.threads} threads")
     print_table(rows, ["teacher", "step_s", "p50_s", "ratio_vs_in_process"])
     print(f"wrote {write_result('coupling_overhead', {'args': vars(args), 'rows': rows})}")

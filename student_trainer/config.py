@@ -136,6 +136,10 @@ class TrainConfig(StrictModel):
     cpus_per_worker: float = Field(0.5, gt=0, description="Logical CPUs per worker (fractional on small machines).")
     use_gpu: bool = Field(False)
     torch_threads: int = Field(1, ge=1, description="Intra-op threads per worker.")
+    precision: Literal["fp32", "bf16", "auto"] = Field(
+        "fp32", description="Student forward/backward precision: 'bf16' autocasts it to bfloat16 (weights, optimizer "
+        "and losses stay float32); 'auto' is bf16 where the device runs it natively (CPUs with AVX512-BF16/AMX, "
+        "GPUs with bf16), else fp32.")
     prefetch: bool = Field(True, description="Request the next batch's teacher signals before computing the current step.")
     report_every: int = Field(10, ge=1, description="Steps between metric reports (a report costs seconds; not every step).")
     checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints.")

@@ -27,6 +27,7 @@ import ray.train
 import torch
 from ray.train import Checkpoint
 
+from common.text_encoder import resolve_dtype
 from student_trainer.agreement_monitor import AgreementMonitor, kl_temperature
 from student_trainer.config import RunConfig
 from student_trainer.losses import DistillBatch, build_loss, kl_teacher_student
@@ -49,6 +50,19 @@ def to_train_batch(rows: dict[str, np.ndarray], num_negatives: int, extra: list[
         doc_ids += [str(pos_id), *map(str, neg_ids[:num_negatives])]
         documents += [str(pos), *map(str, negs[:num_negatives])]
     return TrainBatch([str(q) for q in rows["query"]], extra, doc_ids, documents, num_negatives)
+
+
+def student_autocast(precision: str, device: torch.device) -> torch.autocast:
+    """The forward pass's autocast context: bfloat16 for ``bf16`` (and for ``auto`` where the
+    device runs it natively), disabled otherwise. Weights and optimizer state stay float32, and
+    bfloat16 keeps float32's exponent range, so no loss scaling is needed (unlike float16)."""
+    wanted = {"fp32": "float32", "bf16": "bfloat16", "auto": "auto"}[precision]
+    enabled = resolve_dtype(wanted, device.type) == "bfloat16"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.float()
 
 
 def build_optimizer(student: DualEncoderStudent, run: RunConfig, total_steps: int):
@@ -126,6 +140,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     total_steps = loop_config["total_steps"]
     optimizer, scheduler = build_optimizer(student, run, total_steps)
     loss_fn = build_loss(cfg.losses)
+    autocast = student_autocast(cfg.precision, ray.train.torch.get_device())
 
     state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "history": []}
     checkpoint = ray.train.get_checkpoint()
@@ -185,15 +200,16 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             t_teacher = time.perf_counter() - t0
             tb = pending.batch
             doc_emb_t = as_tensor(signals.document_embeddings) if signals.document_embeddings is not None else None
-            out = model(tb.all_queries, len(tb.queries), documents=tb.documents,
-                        document_embeddings=doc_emb_t if student.asymmetric else None)
+            with autocast:
+                out = model(tb.all_queries, len(tb.queries), documents=tb.documents,
+                            document_embeddings=doc_emb_t if student.asymmetric else None)
             q_t = signals.query_embeddings
-            batch = DistillBatch(
-                student_scores=out.scores, labels=labels,
+            batch = DistillBatch(  # losses in float32 whatever precision the forward pass ran in
+                student_scores=out.scores.float(), labels=labels,
                 teacher_scores=as_tensor(signals.scores),
-                student_query_emb=out.query_embeddings if q_t is not None else None,
+                student_query_emb=_f32(out.query_embeddings) if q_t is not None else None,
                 teacher_query_emb=as_tensor(q_t) if q_t is not None else None,
-                student_doc_emb=out.document_embeddings if doc_emb_t is not None else None,
+                student_doc_emb=_f32(out.document_embeddings) if doc_emb_t is not None else None,
                 teacher_doc_emb=doc_emb_t if out.document_embeddings is not None else None,
                 num_negatives=k,
             )
@@ -205,7 +221,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             scheduler.step()
             step += 1
             for name, value in {"loss": loss.item(), **loss_fn.last_terms, "teacher_wait_s": t_teacher,
-                                "step_s": time.perf_counter() - t0, **member_kls(signals, out.scores, kl_tau)}.items():
+                                "step_s": time.perf_counter() - t0, **member_kls(signals, batch.student_scores, kl_tau)}.items():
                 window.setdefault(name, []).append(float(value))
             if refresher is not None and refresher.due(step) and step < total_steps:  # none left to train on
                 for name, value in refresher.refresh(student, step).items():

@@ -82,6 +82,21 @@ def test_corrupt_checkpoint_is_a_clear_error(prepared, tmp_path):
         load_checkpoint(Checkpoint.from_directory(str(tmp_path)), student)
 
 
+def test_student_autocast_follows_the_precision_setting():
+    from common.text_encoder import resolve_dtype
+    from student_trainer.train_loop import student_autocast
+
+    cpu = torch.device("cpu")
+    assert not student_autocast("fp32", cpu)._enabled
+    bf16 = student_autocast("bf16", cpu)
+    assert bf16._enabled and bf16.fast_dtype == torch.bfloat16
+    assert student_autocast("auto", cpu)._enabled == (resolve_dtype("auto", "cpu") == "bfloat16")
+    layer = torch.nn.Linear(4, 4)
+    with student_autocast("bf16", cpu):
+        assert layer(torch.ones(2, 4)).dtype == torch.bfloat16
+    assert layer.weight.dtype == torch.float32  # the weights the optimizer updates stay float32
+
+
 def test_export_loads_in_sentence_transformers(tiny_bert_dir, tmp_path):
     from sentence_transformers import SentenceTransformer
 
@@ -101,7 +116,7 @@ def test_label_free_symmetric_run_on_a_bare_corpus(teacher_app, tiny_bert_dir, m
     """No training queries or qrels: pseudo-queries from the corpus, labelled by the teacher online.
     A symmetric student (it encodes documents too, matched to the teacher's document embeddings);
     the whole run (index, examples, Train, export, eval on its own index, report) completes."""
-    run = tiny_run(tmp_path, tiny_bert_dir, mini_beir, max_steps=2, num_workers=1,
+    run = tiny_run(tmp_path, tiny_bert_dir, mini_beir, max_steps=2, num_workers=1, precision="bf16",
                    losses={"in_batch_kl": {}, "query_embedding": {}, "document_embedding": {"weight": 0.5}})
     run = run.model_copy(update={
         "data": run.data.model_copy(update={"train_split": None, "pseudo_queries": 40}),
@@ -116,6 +131,7 @@ def test_label_free_symmetric_run_on_a_bare_corpus(teacher_app, tiny_bert_dir, m
     metrics = result.metrics
     assert set(metrics["metrics"]) == {"teacher", "student"} and metrics["steps"] == 2
     assert {"query_embedding", "document_embedding", "in_batch_kl"} <= set(result.history[-1])
+    assert all(np.isfinite(result.history[-1][k]) for k in ("loss", "query_embedding", "document_embedding"))  # bf16 forward
     assert metrics["num_eval_queries"] == 24 and 0 <= metrics["metrics"]["student"]["nDCG@10"] <= 1
     for name in ("metrics.json", "report.md", "loss_curves.png", "metrics.png", "query_cosine.png"):
         assert (result.run_dir / name).is_file(), name
