@@ -89,7 +89,12 @@ def main() -> None:
         for pid, (r, rss, pss) in now.items():
             old = peak_proc.get(pid)
             peak_proc[pid] = (r, max(rss, old[1] if old else 0.0), max(pss, old[2] if old else 0.0))
-        timeline.append({"t_s": round(time.perf_counter() - start, 1), "rss_gib": total_rss / GIB, "pss_gib": total_pss / GIB})
+        per_role: dict[str, float] = defaultdict(float)
+        for r, _, pss in now.values():
+            per_role[r] += pss / GIB
+        # Per-role PSS over time tells growth (a leak, workers piling up) from a one-off peak.
+        timeline.append({"t_s": round(time.perf_counter() - start, 1), "rss_gib": total_rss / GIB, "pss_gib": total_pss / GIB,
+                         "pss_gib_by_role": {r: round(v, 3) for r, v in sorted(per_role.items())}})
         time.sleep(args.interval)
     wall = time.perf_counter() - start
 

@@ -188,6 +188,7 @@ def write_report(run_dir: str | Path) -> Path:
         p = metrics.get("parameters", {}).get(name)
         lat = metrics.get("query_latency_ms", {}).get(name)
         lines.append(f"| {name} | {p:,} | {lat:.1f} |" if p is not None and lat is not None else f"| {name} | {p or '-'} | {lat or '-'} |")
+    lines.append("")
     lines += _agreement_lines(metrics, history)
     t = metrics.get("timings", {})
     lines += ["", "Wall time: " + ", ".join(f"{k.removesuffix('_s')} {v:.0f} s" for k, v in t.items()), ""]

@@ -228,9 +228,10 @@ def train_student(run: RunConfig, info: dict[str, Any], examples: Path, num_exam
                 checkpoint_config=CheckpointConfig(num_to_keep=run.train.keep_checkpoints),
                 failure_config=FailureConfig(max_failures=run.train.max_failures),
             ),
-            # Small read tasks: a whole CPU each would starve on a 2-core machine already running
-            # a teacher replica and the workers, and Train would wait forever.
-            datasets={"train": ray.data.read_parquet(str(examples), ray_remote_args={"num_cpus": 0.1})},
+            # The examples file is small (one row per training query), so it goes to the object
+            # store once: read lazily, every epoch would start read tasks and their worker
+            # processes anew (measured: 57 extra processes and +1.5 GiB PSS over 16 epochs).
+            datasets={"train": ray.data.from_arrow(pq.read_table(examples))},
         )
         try:
             result = trainer.fit()
