@@ -44,6 +44,15 @@ def resolve_dtype(dtype: str, device: str = "cpu") -> str:
     return "bfloat16" if native_bf16 else "float32"
 
 
+def training_autocast(precision: str, device: torch.device) -> torch.autocast:
+    """A training forward pass's autocast context: bfloat16 for ``bf16`` (and for ``auto`` where
+    the device runs it natively), disabled for ``fp32``. Weights and optimizer state stay float32,
+    and bfloat16 keeps float32's exponent range, so no loss scaling is needed (unlike float16)."""
+    wanted = {"fp32": "float32", "bf16": "bfloat16", "auto": "auto"}[precision]
+    enabled = resolve_dtype(wanted, device.type) == "bfloat16"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
 @dataclass(frozen=True)
 class SentenceTransformersMeta:
     """Settings a sentence-transformers directory declares about itself."""

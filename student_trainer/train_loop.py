@@ -27,7 +27,7 @@ import ray.train
 import torch
 from ray.train import Checkpoint
 
-from common.text_encoder import resolve_dtype
+from common.text_encoder import training_autocast
 from student_trainer.agreement_monitor import AgreementMonitor, kl_temperature
 from student_trainer.config import RunConfig
 from student_trainer.losses import DistillBatch, build_loss, kl_teacher_student
@@ -50,15 +50,6 @@ def to_train_batch(rows: dict[str, np.ndarray], num_negatives: int, extra: list[
         doc_ids += [str(pos_id), *map(str, neg_ids[:num_negatives])]
         documents += [str(pos), *map(str, negs[:num_negatives])]
     return TrainBatch([str(q) for q in rows["query"]], extra, doc_ids, documents, num_negatives)
-
-
-def student_autocast(precision: str, device: torch.device) -> torch.autocast:
-    """The forward pass's autocast context: bfloat16 for ``bf16`` (and for ``auto`` where the
-    device runs it natively), disabled otherwise. Weights and optimizer state stay float32, and
-    bfloat16 keeps float32's exponent range, so no loss scaling is needed (unlike float16)."""
-    wanted = {"fp32": "float32", "bf16": "bfloat16", "auto": "auto"}[precision]
-    enabled = resolve_dtype(wanted, device.type) == "bfloat16"
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -140,7 +131,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     total_steps = loop_config["total_steps"]
     optimizer, scheduler = build_optimizer(student, run, total_steps)
     loss_fn = build_loss(cfg.losses)
-    autocast = student_autocast(cfg.precision, ray.train.torch.get_device())
+    autocast = training_autocast(cfg.precision, ray.train.torch.get_device())
 
     state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "history": []}
     checkpoint = ray.train.get_checkpoint()

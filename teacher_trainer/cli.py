@@ -44,6 +44,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dev-queries", type=int, default=None, help="training queries held out for the dev evaluation (default: 50)")
     p.add_argument("--seed", type=int, default=None, help="seed of the dev split, negatives, new layers and dropout (default: 13)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
+                   help="training forward pass: fp32, bf16 autocast, or auto (bf16 where the CPU/GPU runs it natively; default: fp32)")
     p.add_argument("--overwrite", action="store_true", help="write into --out even if it is not empty")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=train_teacher_command)
@@ -67,7 +69,7 @@ def job_from_args(args: argparse.Namespace) -> Any:
                       reconstruction_weight=args.reconstruction_weight),
         "data": pick(dataset=args.data, negatives=args.negatives, miner=args.miner, dev_queries=args.dev_queries),
         "train": pick(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
-                      seed=args.seed, threads=args.threads),
+                      seed=args.seed, threads=args.threads, precision=args.precision),
     }, source="train-teacher")
 
 

@@ -80,6 +80,8 @@ class TeacherOptimConfig(StrictModel):
     max_grad_norm: float = Field(1.0, gt=0)
     seed: int = Field(13, description="Seed of the dev split, negative sampling, dropout and new layers.")
     threads: int | None = Field(None, ge=1, description="torch intra-op threads (default: torch's).")
+    precision: Literal["fp32", "bf16", "auto"] = Field("fp32", description="Training forward pass precision: 'bf16' "
+                                                       "autocasts it (weights stay float32); 'auto': bf16 where the device runs it natively.")
     eval_every: int | None = Field(None, ge=1, description="Steps between dev evaluations (default: before and after training only).")
 
 

@@ -23,6 +23,7 @@ from common.datasets import load_beir
 from common.metrics import evaluate_run
 from common.model_registry import resolve_model
 from common.retrieval import Run
+from common.text_encoder import training_autocast
 from teacher_trainer.config import TeacherJob, TeacherModelConfig
 from teacher_trainer.data import TeacherData, build_teacher_data
 from teacher_trainer.trainee import Trainee
@@ -100,10 +101,12 @@ def train_teacher(job: TeacherJob, show_progress: bool = True, overwrite: bool =
     curve: list[dict[str, float]] = []
     train_time = 0.0
     trainee.train()
+    autocast = training_autocast(cfg.precision, next(trainee.parameters()).device)
     with tqdm(total=steps, desc=f"training {job.model.kind} teacher", unit="step", disable=not show_progress) as bar:
         for step, groups in enumerate(data.batches(cfg.batch_size, job.negatives, steps, cfg.seed), start=1):
             tick = time.perf_counter()
-            out = trainee.loss(groups)
+            with autocast:
+                out = trainee.loss(groups)
             optimizer.zero_grad(set_to_none=True)
             out.loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(trainee.parameters(), cfg.max_grad_norm)

@@ -84,7 +84,7 @@ def test_corrupt_checkpoint_is_a_clear_error(prepared, tmp_path):
 
 def test_student_autocast_follows_the_precision_setting():
     from common.text_encoder import resolve_dtype
-    from student_trainer.train_loop import student_autocast
+    from common.text_encoder import training_autocast as student_autocast
 
     cpu = torch.device("cpu")
     assert not student_autocast("fp32", cpu)._enabled

@@ -27,21 +27,22 @@ DOCS = ["Vaccines train the immune system to recognise a pathogen.", "The stock 
 STEPS = 3
 
 
-def tiny_job(out: Path, base: Path, mini_beir: Path, miner: str = "bm25", **model) -> TeacherJob:
+def tiny_job(out: Path, base: Path, mini_beir: Path, miner: str = "bm25", train: dict | None = None, **model) -> TeacherJob:
     return TeacherJob.model_validate({
         "out": out,
         "model": {"base_model": str(base), "max_length": 64, "doc_maxlen": 48, "query_maxlen": 12, "dim": 16, **model},
         "data": {"dataset": str(mini_beir), "dev_queries": 4, "dev_depth": 5, "miner": miner, "miner_model": str(base)},
-        "train": {"max_steps": STEPS, "batch_size": 2, "lr": 1e-3, "seed": 0},
+        "train": {"max_steps": STEPS, "batch_size": 2, "lr": 1e-3, "seed": 0, **(train or {})},
     })
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path, mini_beir: Path) -> dict:
-    """One short job per layout: dual-pooled CE (dense miner), [CLS] CE and ColBERT (BM25 miner)."""
+    """One short job per layout: dual-pooled CE (dense miner, bf16 autocast), [CLS] CE and ColBERT (BM25 miner)."""
     root = tmp_path_factory.mktemp("teachers")
     jobs = {
-        "ce-seg": tiny_job(root / "ce-seg", tiny_bert_dir, mini_beir, miner="dense", kind="ce", pooling="segment_mean"),
+        "ce-seg": tiny_job(root / "ce-seg", tiny_bert_dir, mini_beir, miner="dense", train={"precision": "bf16"},
+                           kind="ce", pooling="segment_mean"),
         "ce-cls": tiny_job(root / "ce-cls", tiny_bert_dir, mini_beir, kind="ce", pooling="cls"),
         "colbert": tiny_job(root / "colbert", tiny_bert_dir, mini_beir, kind="colbert"),
     }
