@@ -157,11 +157,16 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
     return "\n".join(lines) + "\n"
 
 
+def selected(planned: list, only: list[str] | None, datasets: list[str] | None) -> list:
+    """The planned runs of the rows in ``only`` on the datasets in ``datasets`` (``None``: all)."""
+    return [r for r in planned if (not only or r[0].name in only) and (not datasets or r[1] in datasets)]
+
+
 def run_experiment(experiment: ExperimentConfig, argv: list[str], only: list[str] | None = None,
-                   address: str | None = None) -> dict[str, Any]:
+                   address: str | None = None, datasets: list[str] | None = None) -> dict[str, Any]:
     from student_trainer.run import run_distillation
 
-    planned = [r for r in experiment.runs() if not only or r[0].name in only]
+    planned = selected(experiment.runs(), only, datasets)
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for i, (row, dataset, seed, run) in enumerate(planned, start=1):
         metrics = finished_metrics(run)
@@ -185,6 +190,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "table as Markdown and JSON under its results_dir. Finished runs are reused.")
     p.add_argument("file", type=Path, help="experiment YAML, e.g. deploy/experiments/ablation.yaml")
     p.add_argument("--only", nargs="+", metavar="ROW", help="run only these rows (the table then holds only them)")
+    p.add_argument("--datasets", nargs="+", metavar="DATASET", help="run only on these of the file's datasets")
     p.add_argument("--dry-run", action="store_true", help="validate every run's config and list the runs, without running")
     p.add_argument("--address", default=None, help="Ray cluster address (default: an embedded local Ray)")
     p.set_defaults(handler=experiment_command)
@@ -197,12 +203,16 @@ def experiment_command(args: argparse.Namespace) -> int:
         if unknown:
             raise ConfigError(f"{args.file}: no row named {', '.join(unknown)}")
     planned = experiment.runs()  # every override is validated before anything runs
+    if args.datasets:
+        unknown = sorted(set(args.datasets) - {r[1] for r in planned})
+        if unknown:
+            raise ConfigError(f"{args.file}: no row runs on {', '.join(unknown)}")
     if args.dry_run:
-        for row, dataset, seed, run in planned:
-            if not args.only or row.name in args.only:
-                print(f"{row.name:<24} {dataset:<10} seed {seed:<4} -> {run.run_dir}")
+        for row, dataset, seed, run in selected(planned, args.only, args.datasets):
+            print(f"{row.name:<24} {dataset:<10} seed {seed:<4} -> {run.run_dir}")
         return 0
-    argv = [str(args.file)] + (["--only", *args.only] if args.only else [])
-    out = run_experiment(experiment, argv, args.only, args.address)
+    argv = ([str(args.file)] + (["--only", *args.only] if args.only else [])
+            + (["--datasets", *args.datasets] if args.datasets else []))
+    out = run_experiment(experiment, argv, args.only, args.address, args.datasets)
     print(f"wrote {experiment.results_dir / (experiment.name + '.md')} ({sum(len(b['rows']) for b in out['tables'].values())} rows)")
     return 0

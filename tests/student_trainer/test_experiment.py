@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from common.config import ConfigError, load_config
-from student_trainer.experiment import ExperimentConfig, ExperimentRow, collect_rows, run_experiment
+from student_trainer.experiment import ExperimentConfig, ExperimentRow, collect_rows, run_experiment, selected
 
 
 def write_base(path: Path, tiny_bert_dir: Path, mini_beir: Path) -> Path:
@@ -38,6 +38,15 @@ def test_collect_rows_means_and_spreads_over_seeds():
     assert row["retained"]["mean"] == pytest.approx(0.7)
     assert row["train_s"]["mean"] == pytest.approx(101.5) and row["seeds"] == [1, 2]
     assert table["scifact"]["teacher"]["nDCG@10"] == 0.5
+
+
+def test_only_and_datasets_select_runs():
+    a, b = ExperimentRow(name="a"), ExperimentRow(name="b")
+    planned = [(a, "scifact", 1, "a-s"), (a, "wikiqa", 1, "a-w"), (b, "scifact", 1, "b-s"), (b, "wikiqa", 1, "b-w")]
+    assert [r[3] for r in selected(planned, None, None)] == ["a-s", "a-w", "b-s", "b-w"]
+    assert [r[3] for r in selected(planned, ["b"], None)] == ["b-s", "b-w"]
+    assert [r[3] for r in selected(planned, None, ["scifact"])] == ["a-s", "b-s"]
+    assert [r[3] for r in selected(planned, ["a"], ["wikiqa"])] == ["a-w"]
 
 
 def test_bad_experiment_files_name_the_problem(tmp_path, tiny_bert_dir, mini_beir):
