@@ -51,11 +51,12 @@ def serve_command(args: argparse.Namespace) -> int:
         return 0
     print(f"try: curl -s {url}/v1/teachers ; Ctrl-C to stop", flush=True)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
+    # Both signals stop the service cleanly; SIGINT explicitly too, because a shell starts
+    # background jobs with SIGINT ignored and `kill -INT` would otherwise do nothing.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    print("stopping the teacher service", flush=True)
     serve.shutdown()
     return 0
 
