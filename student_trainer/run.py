@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -195,6 +196,11 @@ def user_facing_training_error(error: BaseException) -> BaseException:
             return exc
         if isinstance(exc, CheckpointManagerInitializationError):
             return CheckpointError(f"cannot resume from the run's checkpoints: {' '.join(str(exc).split())}")
+        # Raised in the Train controller's constructor, it reaches the driver only as the text of
+        # an ActorDiedError (Ray keeps the creation task's error as a message, not an object).
+        found = re.search(rf"{CheckpointManagerInitializationError.__name__}: (.+)", str(exc))
+        if found:
+            return CheckpointError(f"cannot resume from the run's checkpoints: {found.group(1).strip()}")
         stack.extend(getattr(exc, "worker_failures", {}).values())
         stack.extend(e for e in (getattr(exc, "controller_failure", None), exc.__cause__, exc.__context__) if e is not None)
     return error
