@@ -29,9 +29,10 @@ def eval_query_ids(dataset: BeirDataset, split: str, max_queries: int | None = N
 
 def evaluate_encoder(encode_queries: QueryEncoder, index: DenseIndex, dataset: BeirDataset, split: str,
                      k_values: Sequence[int] = (5, 20, 100, 1000), max_queries: int | None = None,
-                     candidates: dict[str, list[str]] | None = None) -> Evaluation:
-    """Encode the split's queries, retrieve from ``index`` (or re-rank ``candidates``), score."""
-    qids = eval_query_ids(dataset, split, max_queries)
+                     candidates: dict[str, list[str]] | None = None, query_ids: Sequence[str] | None = None) -> Evaluation:
+    """Encode the split's queries (or ``query_ids``, judged by the split's qrels), retrieve from
+    ``index`` (or re-rank ``candidates``), score."""
+    qids = list(query_ids) if query_ids is not None else eval_query_ids(dataset, split, max_queries)
     q_emb = encode_queries([dataset.query_text[q] for q in qids])
     if candidates is None:
         run = retrieve(index, qids, q_emb, k=max(k_values))

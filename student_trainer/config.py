@@ -98,7 +98,8 @@ class DataConfig(StrictModel):
 
     dataset: str = Field("scifact", description="Bundled dataset name or BEIR-layout directory.")
     train_split: str | None = Field("train", description="Qrels split with training queries; None for label-free distillation.")
-    eval_split: str = Field("test", description="Qrels split to evaluate on.")
+    eval_split: str = Field("test", description="Qrels split to evaluate on; 'dev': the dev_queries held out of "
+                            "train_split (for choosing a recipe without looking at test).")
     dev_queries: int = Field(0, ge=0, description="Training queries held out (seeded) as a dev split for model selection.")
     num_negatives: int = Field(1, ge=0, description="Hard negatives per query in each batch.")
     negatives: Literal["mined", "random"] = Field("mined", description="'mined': from the teacher's top-k (once, before training); 'random': uniform from the corpus.")
@@ -117,6 +118,13 @@ class DataConfig(StrictModel):
     max_train_queries: int | None = Field(None, ge=1, description="Cap on training queries (quick runs and tests).")
     max_eval_queries: int | None = Field(None, ge=1, description="Cap on evaluation queries (quick runs and tests).")
     refresh: NegativeRefreshConfig = Field(default_factory=NegativeRefreshConfig, description="Student-mined negatives refreshed during training (off by default).")
+
+    @model_validator(mode="after")
+    def _dev_needs_held_out_queries(self) -> DataConfig:
+        if self.eval_split == "dev" and (self.train_split is None or self.dev_queries == 0):
+            raise ValueError("eval_split 'dev' evaluates the dev_queries held out of train_split: set data.dev_queries > 0 "
+                             "and a train_split")
+        return self
 
 
 class TrainConfig(StrictModel):

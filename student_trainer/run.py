@@ -133,6 +133,15 @@ def refresh_inputs(run: RunConfig, examples: Path, dataset: BeirDataset) -> Any:
     return ray.put(asdict(data))
 
 
+def eval_queries(run: RunConfig, dataset: BeirDataset) -> tuple[str, list[str]]:
+    """``(qrels split, query ids)`` the run is evaluated on: the eval split's queries, or with
+    ``eval_split: dev`` the training queries held out as the dev split (judged by train qrels)."""
+    if run.data.eval_split == "dev":
+        return run.data.train_split, split_queries(dataset, run.data, run.train.seed).dev  # type: ignore[return-value]
+    ids = dataset.split_query_ids(run.data.eval_split)
+    return run.data.eval_split, ids[: run.data.max_eval_queries] if run.data.max_eval_queries else ids
+
+
 def agreement_inputs(run: RunConfig, dataset: BeirDataset, client: TeacherClient) -> Any:
     """The held-out queries measured during training (dev queries, else the eval split's), their
     teacher embeddings (fetched once: the teacher is frozen), and corpus texts for symmetric students."""
@@ -140,7 +149,7 @@ def agreement_inputs(run: RunConfig, dataset: BeirDataset, client: TeacherClient
         return None
     dev_file = run.run_dir / "data" / "dev_queries.json"
     ids = json.loads(dev_file.read_text()) if dev_file.is_file() else []
-    ids = ids or dataset.split_query_ids(run.data.eval_split)
+    ids = ids or eval_queries(run, dataset)[1]
     rng = np.random.default_rng(run.train.seed)
     ids = [ids[i] for i in sorted(rng.choice(len(ids), min(run.eval.agreement_queries, len(ids)), replace=False))]
     texts = [dataset.query_text[q] for q in ids]
@@ -258,7 +267,8 @@ def evaluate(run: RunConfig, dataset: BeirDataset, doc_index: DocEmbeddings,
             embeddings[name] = np.asarray(encode(texts), dtype=np.float32)
             return embeddings[name]
 
-        ev = evaluate_encoder(capture, doc_index.index, dataset, run.data.eval_split, run.eval.k_values, run.data.max_eval_queries)
+        split, query_ids = eval_queries(run, dataset)
+        ev = evaluate_encoder(capture, doc_index.index, dataset, split, run.eval.k_values, query_ids=query_ids)
         reports[name] = ev.report
     return reports, embeddings
 
@@ -271,7 +281,7 @@ def query_latencies(info: dict[str, Any], student: ExportedStudent, dataset: Bei
                     n: int = 30) -> dict[str, float]:
     """Median milliseconds to embed one query, in this process: the student, and a dual-encoder
     teacher loaded the same way (other teacher kinds have no single-text query encoder)."""
-    queries = [dataset.query_text[q] for q in dataset.split_query_ids(run.data.eval_split)[:n]]
+    queries = [dataset.query_text[q] for q in eval_queries(run, dataset)[1][:n]]
 
     def median_ms(fn) -> float:
         fn(queries[:1])  # warm-up

@@ -135,3 +135,19 @@ def test_label_free_symmetric_run_on_a_bare_corpus(teacher_app, tiny_bert_dir, m
     assert metrics["num_eval_queries"] == 24 and 0 <= metrics["metrics"]["student"]["nDCG@10"] <= 1
     for name in ("metrics.json", "report.md", "loss_curves.png", "metrics.png", "query_cosine.png"):
         assert (result.run_dir / name).is_file(), name
+
+
+def test_dev_evaluation_uses_held_out_training_queries(tiny_bert_dir, mini_beir, tmp_path):
+    from common.config import ConfigError, parse_config
+    from student_trainer.examples import split_queries
+    from student_trainer.run import eval_queries
+
+    run = tiny_run(tmp_path, tiny_bert_dir, mini_beir)
+    run = run.model_copy(update={"data": run.data.model_copy(update={"dev_queries": 5, "eval_split": "dev"})})
+    dataset = load_beir(mini_beir)
+    split, ids = eval_queries(run, dataset)
+    held_out = split_queries(dataset, run.data, run.train.seed)
+    assert split == "train" and ids == held_out.dev and len(ids) == 5
+    assert not set(ids) & set(held_out.train)  # never trained on
+    with pytest.raises(ConfigError, match="dev_queries > 0"):
+        parse_config(RunConfig, {**run.model_dump(mode="json"), "data": {**run.data.model_dump(mode="json"), "dev_queries": 0}})
