@@ -242,7 +242,7 @@ def test_teacher_config_single_and_list_forms():
 
 
 @pytest.mark.parametrize("name", ["negative-refresh.yaml", "negative-refresh-cranfield.yaml", "teacher-ensemble.yaml",
-                                  "teacher-ensemble-cranfield.yaml"])
+                                  "teacher-ensemble-cranfield.yaml", "ablation.yaml", "recipe-selection.yaml"])
 def test_experiment_rows_are_valid_run_configs(name):
     import yaml
 
