@@ -91,6 +91,18 @@ def finished_metrics(run: RunConfig) -> dict[str, Any] | None:
     return json.loads(metrics.read_text())
 
 
+def set_aside_stale(run: RunConfig) -> Path | None:
+    """Move a run folder that holds another config's run out of the way, so the new config starts
+    from step 0 instead of resuming the other one's checkpoints (same row name, edited row or
+    base). An interrupted run of this very config stays, and resumes. Returns the new place."""
+    config = run.run_dir / "config.json"
+    if not config.is_file() or json.loads(config.read_text()) == json.loads(run.model_dump_json()):
+        return None
+    aside = run.run_dir.with_name(f"{run.run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    run.run_dir.rename(aside)
+    return aside
+
+
 def summarise(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
 
@@ -114,7 +126,11 @@ def collect_rows(experiment: ExperimentConfig, results: dict[tuple[str, str], li
             entry["steps"] = ms[0]["steps"]
             entry["runs"] = [m["run"] for m in ms]
             entries.append(entry)
-        table[dataset] = {"teacher": {k: teacher[k] for k in TABLE_METRICS} if teacher else None, "rows": entries}
+        if not entries:
+            continue  # a dataset none of the selected rows ran on
+        split = next(m.get("split", "test") for (_, d), ms in results.items() if d == dataset for m in ms)
+        table[dataset] = {"teacher": {k: teacher[k] for k in TABLE_METRICS} if teacher else None, "split": split,
+                          "rows": entries}
     return table
 
 
@@ -143,7 +159,7 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
         lines += [experiment.description.strip(), ""]
     lines += [f"Command: `{meta['command']}`  ", f"Commit: `{meta['commit']}`  ", f"Date: {meta['date']}; machine: {meta['machine']}", ""]
     for dataset, block in table.items():
-        lines += [f"## {dataset} (test)", "", "| row | nDCG@10 | MRR@10 | R@100 | retained (nDCG@10) | steps | train wall (s) |",
+        lines += [f"## {dataset} ({block.get('split', 'test')})", "", "| row | nDCG@10 | MRR@10 | R@100 | retained (nDCG@10) | steps | train wall (s) |",
                   "| --- | --- | --- | --- | --- | --- | --- |"]
         if block["teacher"]:
             t = block["teacher"]
@@ -167,16 +183,19 @@ def run_experiment(experiment: ExperimentConfig, argv: list[str], only: list[str
     from student_trainer.run import run_distillation
 
     planned = selected(experiment.runs(), only, datasets)
+    meta = provenance(argv)  # the code the runs start from (a run reused from before may be older)
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for i, (row, dataset, seed, run) in enumerate(planned, start=1):
         metrics = finished_metrics(run)
         state = "reused" if metrics is not None else "running"
         print(f"[{i}/{len(planned)}] {row.name} on {dataset}, seed {seed}: {state} ({run.run_dir})", file=sys.stderr, flush=True)
         if metrics is None:
+            aside = set_aside_stale(run)
+            if aside is not None:
+                print(f"  {run.run_dir} held a run of another config: moved to {aside}", file=sys.stderr, flush=True)
             metrics = run_distillation(run, address=address).metrics
         results.setdefault((row.name, dataset), []).append({**metrics, "seed": seed})
     table = collect_rows(experiment, results)
-    meta = provenance(argv)
     experiment.results_dir.mkdir(parents=True, exist_ok=True)
     out = {"experiment": experiment.name, **meta, "tables": table}
     (experiment.results_dir / f"{experiment.name}.json").write_text(json.dumps(out, indent=2))

@@ -89,3 +89,19 @@ def test_experiment_runs_rows_writes_the_table_and_reuses_finished_runs(teacher_
     again = run_experiment(exp, ["exp.yaml"])
     assert requests().result()["requests"] == before
     assert again["tables"] == out["tables"]
+
+
+def test_a_folder_of_another_config_is_set_aside_not_resumed(tmp_path, tiny_bert_dir, mini_beir):
+    from student_trainer.experiment import set_aside_stale
+
+    base = write_base(tmp_path / "base.yaml", tiny_bert_dir, mini_beir)
+    exp = ExperimentConfig.model_validate({"name": "x", "base": str(base), "output_dir": str(tmp_path / "runs"),
+                                           "datasets": [str(mini_beir)], "rows": [{"name": "a"}]})
+    run = exp.runs()[0][3]
+    run.run_dir.mkdir(parents=True)
+    (run.run_dir / "config.json").write_text(run.model_dump_json())
+    assert set_aside_stale(run) is None and run.run_dir.is_dir()  # same config: an interrupted run resumes
+    other = run.model_copy(update={"train": run.train.model_copy(update={"lr": run.train.lr * 2})})
+    aside = set_aside_stale(other)
+    assert aside is not None and aside.is_dir() and not run.run_dir.exists()
+    assert (aside / "config.json").read_text() == run.model_dump_json()
