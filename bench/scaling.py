@@ -93,11 +93,12 @@ def train_scaling(args: argparse.Namespace) -> list[dict]:
             history = json.loads((Path(out) / name / "history.json").read_text())
             # Each entry's step_s is the mean over its report window; the first window holds warm-up.
             step_s = float(np.mean([h["step_s"] for h in history[1:] if "step_s" in h]))
-            batch = json.loads((Path(out) / name / "metrics.json").read_text())
-            examples_per_step = 32 * workers  # deploy/default.yaml's batch_size per worker
+            metrics = json.loads((Path(out) / name / "metrics.json").read_text())
+            config = json.loads((Path(out) / name / "config.json").read_text())
+            examples_per_step = config["train"]["batch_size"] * workers  # batch_size is per worker
             rows.append({"part": "train", "config": f"{workers} worker(s) x {threads} thread(s)", "step_s": step_s,
                          "per_s": examples_per_step / step_s, "unit": "examples/s",
-                         "train_s": batch["timings"]["train_s"], "steps": batch["steps"]})
+                         "train_s": metrics["timings"]["train_s"], "steps": metrics["steps"]})
     base = rows[0]["per_s"]
     for row in rows:
         row["ratio"] = row["per_s"] / base

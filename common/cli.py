@@ -13,8 +13,9 @@ from collections.abc import Callable, Sequence
 # Modules that contribute subcommands through ``register(subparsers)``.
 COMMAND_MODULES = ("student_trainer.cli", "student_trainer.experiment", "teacher_service.cli", "teacher_trainer.cli")
 
-# Packages of the ``all`` extra: the base install is only the HTTP client.
-FULL_INSTALL_PACKAGES = ("torch", "transformers", "ray", "faiss", "fastapi", "pytrec_eval", "matplotlib", "scipy", "bm25s", "Stemmer", "psutil")
+# This project's own packages: a missing module that is none of them is a dependency of the
+# ``all`` extra, which the base install (only the HTTP client) leaves out.
+OWN_PACKAGES = ("common", "teacher_service", "student_trainer", "teacher_trainer")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -49,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         errors = user_errors()
     except ModuleNotFoundError as exc:
-        if exc.name and exc.name.split(".")[0] in FULL_INSTALL_PACKAGES:
+        if exc.name and exc.name.split(".")[0] not in OWN_PACKAGES:
             # A client-only install (the base package) has no trainer or service to run.
             print(f"tightdistill: the command line needs the full install (missing {exc.name!r}): "
                   "pip install 'tightdistill[all]'", file=sys.stderr)

@@ -31,7 +31,7 @@ from ray.train.torch import TorchTrainer
 from common.config import ConfigError
 from common.datasets import BeirDataset, load_beir, write_parquet
 from common.agreement import query_cosines
-from common.evaluation import evaluate_encoder
+from common.evaluation import eval_query_ids, evaluate_encoder
 from common.metrics import MetricReport
 from common.ray_runtime import init_ray
 from student_trainer.agreement_monitor import run_agreement
@@ -138,8 +138,7 @@ def eval_queries(run: RunConfig, dataset: BeirDataset) -> tuple[str, list[str]]:
     ``eval_split: dev`` the training queries held out as the dev split (judged by train qrels)."""
     if run.data.eval_split == "dev":
         return run.data.train_split, split_queries(dataset, run.data, run.train.seed).dev  # type: ignore[return-value]
-    ids = dataset.split_query_ids(run.data.eval_split)
-    return run.data.eval_split, ids[: run.data.max_eval_queries] if run.data.max_eval_queries else ids
+    return run.data.eval_split, eval_query_ids(dataset, run.data.eval_split, run.data.max_eval_queries)
 
 
 def agreement_inputs(run: RunConfig, dataset: BeirDataset, client: TeacherClient) -> Any:
@@ -215,6 +214,13 @@ def user_facing_training_error(error: BaseException) -> BaseException:
     return error
 
 
+def raise_user_facing(error: BaseException) -> None:
+    """Raise the user-facing error found inside ``error``, chained to it; return if there is none."""
+    found = user_facing_training_error(error)
+    if found is not error:
+        raise found from error
+
+
 def train_student(run: RunConfig, info: dict[str, Any], examples: Path, num_examples: int, doc_index: DocEmbeddings,
                   extra_queries: list[str], show_progress: bool,
                   hooks: dict[str, Any] | None = None) -> tuple[Any, list[dict[str, Any]]]:
@@ -251,9 +257,11 @@ def train_student(run: RunConfig, info: dict[str, Any], examples: Path, num_exam
         try:
             result = trainer.fit()
         except Exception as exc:  # noqa: BLE001 - Ray wraps a worker's error in its own types
-            raise user_facing_training_error(exc) from exc
+            raise_user_facing(exc)
+            raise
     if result.error:
-        raise user_facing_training_error(result.error) from result.error
+        raise_user_facing(result.error)
+        raise result.error
     history = (result.return_value or {}).get("history", []) if hasattr(result, "return_value") else []
     return result.checkpoint, history
 
@@ -262,12 +270,12 @@ def evaluate(run: RunConfig, dataset: BeirDataset, doc_index: DocEmbeddings,
              encoders: dict[str, Any]) -> tuple[dict[str, MetricReport], dict[str, np.ndarray]]:
     """Each encoder's metrics on the eval split, and the query embeddings it produced."""
     reports, embeddings = {}, {}
+    split, query_ids = eval_queries(run, dataset)
     for name, encode in tqdm(encoders.items(), desc="evaluating", unit="model", disable=len(encoders) < 2):
         def capture(texts: list[str], encode=encode, name=name) -> np.ndarray:
             embeddings[name] = np.asarray(encode(texts), dtype=np.float32)
             return embeddings[name]
 
-        split, query_ids = eval_queries(run, dataset)
         ev = evaluate_encoder(capture, doc_index.index, dataset, split, run.eval.k_values, query_ids=query_ids)
         reports[name] = ev.report
     return reports, embeddings

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from teacher_service.arrow_io import ARROW_STREAM, ipc_to_arrays
-from teacher_service.errors import InvalidRequest, Overloaded, TeacherServiceError, Unavailable, UnknownTeacher, error_from_body
+from teacher_service.errors import InvalidRequest, TeacherServiceError, Unavailable, UnknownTeacher, error_from_body
 from teacher_service.schemas import EncodeRequest, Role, ScoreMode, ScoreRequest, SignalsRequest, parse_request
 from teacher_service.spec import APP_NAME, deployment_name
 
@@ -83,17 +83,12 @@ class _HandleFuture:
         self.response = response
 
     def result(self, timeout: float | None = None) -> Arrays:
-        from ray.serve.exceptions import BackPressureError  # only handle clients get here: Ray is installed
-
         try:
             return self.response.result(timeout_s=timeout)
         except TeacherServiceError as exc:
             # Ray re-raises a replica's exception as a subclass that also carries the remote
             # traceback in its message; hand the caller the original error.
             raise getattr(exc, "cause", exc) from None
-        except BackPressureError as exc:
-            # The deployment's queue is full (max_queued_requests): the handle's 429.
-            raise Overloaded(f"the teacher's request queue is full: {exc}") from None
 
 
 class HttpTransport:

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from ray import serve
 
-from common.text_encoder import resolve_dtype
 from teacher_service.errors import TeacherServiceError
 from teacher_service.kinds import Encoded, PairOutput, Teacher, build_teacher
 from teacher_service.kinds.base import EncodeCall
@@ -152,8 +151,6 @@ class TeacherReplica:
 
     def __init__(self, spec: dict[str, Any], limits: dict[str, Any]) -> None:
         self.spec = TeacherSpec.model_validate(spec)
-        # What "auto" means on this replica's hardware (also what the cache fingerprint records).
-        self.spec.dtype = resolve_dtype(self.spec.dtype, self.spec.device)
         self.limits = ServiceLimits.model_validate(limits)
         threads = self.spec.torch_threads or max(1, int(self.spec.ray_actor_options.get("num_cpus", 1) or 1))
         torch.set_num_threads(threads)
@@ -163,7 +160,7 @@ class TeacherReplica:
             # The service-wide cap binds too: the tighter of the kind's option and the limit.
             options.max_matrix_pairs = min(options.max_matrix_pairs, self.limits.max_matrix_pairs)
         self.info = self.teacher.describe()
-        self.cache = EncodingCache(self.spec.cache, teacher_fingerprint(self.info.model_dump(), self.spec.options, self.spec.dtype))
+        self.cache = EncodingCache(self.spec.cache, teacher_fingerprint(self.info.model_dump(), self.spec.options))
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="teacher-forward")
         self._ops = ThreadPoolExecutor(max_workers=self.spec.max_ongoing_requests, thread_name_prefix="teacher-op")
         for batcher in (self.encode_batch, self.pairs_batch):

@@ -50,11 +50,11 @@ class CacheEntry:
         return self.pooled.nbytes + (0 if self.tokens is None else self.tokens.nbytes) + ENTRY_OVERHEAD_BYTES
 
 
-def teacher_fingerprint(info: dict[str, Any], options: dict[str, Any], dtype: str) -> str:
-    """What fixes a teacher's encodings: its self-description (not its service name, so the same
-    model served under two names shares a disk tier), its kind options and its dtype."""
+def teacher_fingerprint(info: dict[str, Any], options: dict[str, Any]) -> str:
+    """What fixes a teacher's encodings: its self-description (dtype included; not its service
+    name, so the same model served under two names shares a disk tier) and its kind options."""
     described = {k: v for k, v in info.items() if k != "name"}
-    payload = json.dumps({"teacher": described, "options": options, "dtype": dtype}, sort_keys=True, default=str)
+    payload = json.dumps({"teacher": described, "options": options}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -191,21 +191,23 @@ class CachedPrimitives:
         # Look every call up first, so all misses go to ``inner`` together (one batching window).
         lookups = [self._lookup(texts, role, with_tokens) for texts, role, with_tokens in calls]
         misses = [(list(missing.values()), role, with_tokens)
-                  for (_, missing), (_, role, with_tokens) in zip(lookups, calls) if missing]
+                  for (_, _, missing), (_, role, with_tokens) in zip(lookups, calls) if missing]
         fresh = iter(self.inner.encode_many(misses) if misses else [])
         out = []
-        for (found, missing), (texts, role, with_tokens) in zip(lookups, calls):
+        for (keys, found, missing), (_, _, with_tokens) in zip(lookups, calls):
             if missing:
                 self._store(found, missing, next(fresh))
-            out.append(self._assemble([found[text_key(role, t)] for t in texts], with_tokens))
+            out.append(self._assemble([found[k] for k in keys], with_tokens))
         return out
 
-    def _lookup(self, texts: list[str], role: Role, with_tokens: bool) -> tuple[dict[bytes, CacheEntry], dict[bytes, str]]:
-        """``(found, missing)``: cached entries by key, and the distinct texts still to encode."""
+    def _lookup(self, texts: list[str], role: Role,
+                with_tokens: bool) -> tuple[list[bytes], dict[bytes, CacheEntry], dict[bytes, str]]:
+        """``(keys, found, missing)``: each text's key, the cached entries by key, and the distinct
+        texts still to encode."""
+        keys = [text_key(role, t) for t in texts]
         found: dict[bytes, CacheEntry] = {}
         missing: dict[bytes, str] = {}
-        for text in texts:
-            key = text_key(role, text)
+        for key, text in zip(keys, texts):
             if key in found or key in missing:
                 continue
             entry = self.cache.get(key, with_tokens)
@@ -213,7 +215,7 @@ class CachedPrimitives:
                 missing[key] = text
             else:
                 found[key] = entry
-        return found, missing
+        return keys, found, missing
 
     def _store(self, found: dict[bytes, CacheEntry], missing: dict[bytes, str], fresh: Encoded) -> None:
         for i, key in enumerate(missing):

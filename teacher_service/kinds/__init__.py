@@ -23,10 +23,8 @@ def build_teacher(spec: TeacherSpec) -> Teacher:
         raise ValueError(f"teacher '{spec.name}': kind '{spec.kind}' is not available; known kinds: {sorted(KINDS)}")
     cls = KINDS[spec.kind]
     options = parse_config(cls.Options, spec.options, source=f"teacher '{spec.name}' options")
-    dtype = resolve_dtype(spec.dtype, spec.device)
-    teacher = cls(spec.name, spec.checkpoint, options, device=spec.device, dtype=dtype, token_budget=spec.token_budget)
-    teacher.dtype = dtype
-    return teacher
+    return cls(spec.name, spec.checkpoint, options, device=spec.device, dtype=resolve_dtype(spec.dtype, spec.device),
+               token_budget=spec.token_budget)
 
 
 __all__ = ["KINDS", "Encoded", "PairOutput", "Teacher", "TeacherInfo", "build_teacher"]

@@ -114,11 +114,11 @@ class Teacher(ABC):
 
     kind: ClassVar[str]
     signals_offered: ClassVar[tuple[str, ...]]
-    dtype: str = "float32"  # the resolved weights dtype; build_teacher sets it
 
     def __init__(self, name: str, checkpoint: str, options: Any = None, device: str = "cpu",
-                 token_budget: int = 16384) -> None:
+                 token_budget: int = 16384, dtype: str = "float32") -> None:
         self.name = name
+        self.dtype = dtype  # the weights dtype, resolved ("auto" never reaches a teacher)
         self.checkpoint = checkpoint
         self.options = options
         self.device = torch.device(device)

@@ -135,7 +135,7 @@ class ColBERTTeacher(RepresentationTeacher):
 
     def __init__(self, name: str, checkpoint: str, options: ColBERTOptions, device: str = "cpu",
                  dtype: str = "float32", token_budget: int = 16384) -> None:
-        super().__init__(name, checkpoint, options, device, token_budget)
+        super().__init__(name, checkpoint, options, device, token_budget, dtype)
         model_dir = resolve_model(checkpoint)
         meta = read_metadata(model_dir)
         if meta.get("similarity", "cosine") != "cosine":

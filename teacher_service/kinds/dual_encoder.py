@@ -32,7 +32,7 @@ class DualEncoderTeacher(RepresentationTeacher):
 
     def __init__(self, name: str, checkpoint: str, options: DualEncoderOptions, device: str = "cpu",
                  dtype: str = "float32", token_budget: int = 16384) -> None:
-        super().__init__(name, checkpoint, options, device, token_budget)
+        super().__init__(name, checkpoint, options, device, token_budget, dtype)
         self.encoder = TextEncoder.from_pretrained(
             checkpoint, pooling=options.pooling, normalize=options.normalize,
             max_length=options.max_document_length, device=device, dtype=dtype,

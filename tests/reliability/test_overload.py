@@ -60,3 +60,26 @@ def test_queue_limit_answers_429_fast_and_the_client_retries_through_it(overload
     np.testing.assert_allclose(np.stack(embeddings), np.stack([embeddings[0]] * 5), rtol=1e-5, atol=1e-6)
     assert seen.count(200) == 5 and 429 in seen, seen
     assert requests.get(url + "/healthz", timeout=30).status_code == 200
+
+
+def test_handle_callers_queue_and_http_trainers_wait_out_429s(overload_app):
+    """Over a Ray handle, Serve 2.60 holds calls past the limit at the caller instead of refusing
+    them: all succeed. Over HTTP, a trainer whose client gives up on 429 at once (retries=0) still
+    gets its signals: the signal source waits ``Overloaded`` out like a 5xx."""
+    from student_trainer.teacher_signals import TeacherSignalSource, TrainBatch
+
+    handle_client = TeacherClient.from_serve("rel-overload", teacher="tiny")
+    assert burst(6, lambda: handle_client.encode(TEXTS).shape) == [(1, 32)] * 6
+
+    info = handle_client.describe("tiny")
+    batch = TrainBatch(["q one"], [], ["d1", "d2"], ["doc a", "doc b"], 1)
+    seen: list[int] = []
+
+    def trainer_step():
+        client = TeacherClient.from_url(overload_app["url"], teacher="tiny", retries=0)
+        client.transport.session.hooks["response"].append(lambda resp, *args, **kwargs: seen.append(resp.status_code))
+        source = TeacherSignalSource(client, "tiny", info, None, want_query_embeddings=True, timeout_s=120)
+        return source.collect(source.submit(batch)).scores.shape
+
+    assert burst(4, trainer_step) == [(1, 2)] * 4  # four trainers over a limit of two: none fails
+    assert 429 in seen, seen  # ... though some were refused on the way

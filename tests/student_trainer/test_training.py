@@ -82,18 +82,15 @@ def test_corrupt_checkpoint_is_a_clear_error(prepared, tmp_path):
         load_checkpoint(Checkpoint.from_directory(str(tmp_path)), student)
 
 
-def test_student_autocast_follows_the_precision_setting():
-    from common.text_encoder import resolve_dtype
-    from common.text_encoder import training_autocast as student_autocast
+def test_training_autocast_follows_the_precision_setting():
+    from common.text_encoder import resolve_dtype, training_autocast
 
-    cpu = torch.device("cpu")
-    assert not student_autocast("fp32", cpu)._enabled
-    bf16 = student_autocast("bf16", cpu)
-    assert bf16._enabled and bf16.fast_dtype == torch.bfloat16
-    assert student_autocast("auto", cpu)._enabled == (resolve_dtype("auto", "cpu") == "bfloat16")
-    layer = torch.nn.Linear(4, 4)
-    with student_autocast("bf16", cpu):
-        assert layer(torch.ones(2, 4)).dtype == torch.bfloat16
+    cpu, layer, x = torch.device("cpu"), torch.nn.Linear(4, 4), torch.ones(2, 4)
+    native = resolve_dtype("auto", "cpu") == "bfloat16"
+    for precision, expected in (("fp32", torch.float32), ("bf16", torch.bfloat16),
+                                ("auto", torch.bfloat16 if native else torch.float32)):
+        with training_autocast(precision, cpu):
+            assert layer(x).dtype == expected, precision
     assert layer.weight.dtype == torch.float32  # the weights the optimizer updates stay float32
 
 
