@@ -17,12 +17,14 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    import faiss
 
 Run = dict[str, dict[str, float]]  # same as common.metrics.Run (not imported: no pytrec_eval needed here)
 DocLookup = Callable[[list[str]], Any] | tuple[Sequence[str], Any]
@@ -132,8 +134,17 @@ def load_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
 # --------------------------------------------------------------------------- dense index
 
 
+def _faiss() -> Any:
+    """The faiss module, imported where an index is built: the Run type, embedding files and
+    re-ranking need no faiss, so code that only uses those runs where faiss is not installed."""
+    import faiss
+
+    return faiss
+
+
 def gpu_available() -> bool:
     """True when this faiss build has GPU support and sees at least one GPU."""
+    faiss = _faiss()
     return (hasattr(faiss, "StandardGpuResources") and hasattr(faiss, "index_cpu_to_gpu")
             and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0)
 
@@ -156,6 +167,7 @@ class DenseIndex:
         self._ids: list[str] = []
         self._id_set: set[str] = set()
         self._cpu_copy: faiss.Index | None = None  # GPU only: lazily made for k > GPU_MAX_K
+        faiss = _faiss()
         cpu = faiss.IndexFlatIP(self.dim)
         if self.on_gpu:
             self._res = faiss.StandardGpuResources()
@@ -205,7 +217,7 @@ class DenseIndex:
         if self.on_gpu and k > GPU_MAX_K:
             if self._cpu_copy is None:
                 log.warning("k=%d exceeds the faiss GPU limit (%d): searching a CPU copy", k, GPU_MAX_K)
-                self._cpu_copy = faiss.index_gpu_to_cpu(self._index)
+                self._cpu_copy = _faiss().index_gpu_to_cpu(self._index)
             index = self._cpu_copy
         scores, rows = index.search(queries, k)
         ids = [[self._ids[r] for r in row if r >= 0] for row in rows]
