@@ -46,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--precision", choices=("fp32", "bf16", "auto"), default=None,
                    help="training forward pass: fp32, bf16 autocast, or auto (bf16 where the CPU/GPU runs it natively; default: fp32)")
+    p.add_argument("--device", default=None, help="'cpu', 'cuda', 'cuda:N' or 'auto': the first GPU torch sees, "
+                   "else the CPU (default: auto)")
     p.add_argument("--overwrite", action="store_true", help="write into --out even if it is not empty")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(handler=train_teacher_command)
@@ -69,7 +71,8 @@ def job_from_args(args: argparse.Namespace) -> Any:
                       reconstruction_weight=args.reconstruction_weight),
         "data": pick(dataset=args.data, negatives=args.negatives, miner=args.miner, dev_queries=args.dev_queries),
         "train": pick(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr,
-                      seed=args.seed, threads=args.threads, precision=args.precision),
+                      seed=args.seed, threads=args.threads, precision=args.precision,
+                      device=args.device),
     }, source="train-teacher")
 
 

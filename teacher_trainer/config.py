@@ -83,6 +83,9 @@ class TeacherOptimConfig(StrictModel):
     precision: Literal["fp32", "bf16", "auto"] = Field("fp32", description="Training forward pass precision: 'bf16' "
                                                        "autocasts it (weights stay float32); 'auto': bf16 where the device runs it natively.")
     eval_every: int | None = Field(None, ge=1, description="Steps between dev evaluations (default: before and after training only).")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="Where the teacher trains: 'cpu', 'cuda', 'cuda:N', or 'auto' (the first GPU if "
+                        "torch sees one, else the CPU).")
 
 
 class TeacherJob(StrictModel):

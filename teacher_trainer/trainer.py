@@ -58,6 +58,16 @@ def check_output_dir(out: Path, overwrite: bool) -> None:
         raise ConfigError(f"--out {out} already exists and is not empty; pass --overwrite or choose another directory")
 
 
+def training_device(wanted: str) -> torch.device:
+    """The torch device of ``train.device`` (``auto``: the first GPU torch sees, else the CPU)."""
+    if wanted == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if wanted.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is '{wanted}' but torch sees no GPU (torch {torch.__version__}); "
+                          "use 'auto' or 'cpu'")
+    return torch.device(wanted)
+
+
 def dev_run(trainee: Trainee, data: TeacherData, show_progress: bool = False) -> Run:
     """The trainee's scores of every dev query's candidates (eval mode, no dropout)."""
     trainee.eval()
@@ -84,11 +94,12 @@ def train_teacher(job: TeacherJob, show_progress: bool = True, overwrite: bool =
     cfg = job.train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    device = training_device(cfg.device)  # before minutes of mining, like the model names
     started = time.perf_counter()
     dataset = load_beir(job.data.dataset)
     data = build_teacher_data(dataset, job.data, cfg.seed, show_progress)
     torch.manual_seed(cfg.seed)  # new layers (classifier, projection, reconstruction head) and dropout
-    trainee = build_trainee(job.model)
+    trainee = build_trainee(job.model).to(device)
     steps = cfg.max_steps or cfg.epochs * data.steps_per_epoch(cfg.batch_size)
     optimizer = torch.optim.AdamW(trainee.param_groups(cfg))
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * steps), steps)
@@ -101,7 +112,7 @@ def train_teacher(job: TeacherJob, show_progress: bool = True, overwrite: bool =
     curve: list[dict[str, float]] = []
     train_time = 0.0
     trainee.train()
-    autocast = training_autocast(cfg.precision, next(trainee.parameters()).device)
+    autocast = training_autocast(cfg.precision, device)
     with tqdm(total=steps, desc=f"training {job.model.kind} teacher", unit="step", disable=not show_progress) as bar:
         for step, groups in enumerate(data.batches(cfg.batch_size, job.negatives, steps, cfg.seed), start=1):
             tick = time.perf_counter()
@@ -130,6 +141,7 @@ def train_teacher(job: TeacherJob, show_progress: bool = True, overwrite: bool =
         "service_kind": trainee.service_kind,
         "job": job.summary(),
         "steps": steps,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "train_pairs": len(data.pairs),
         "wall_s": {"data_and_model": round(prepared - started, 1), "training_steps": round(train_time, 1),
                    "total": round(time.perf_counter() - started, 1)},

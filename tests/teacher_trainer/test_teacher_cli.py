@@ -50,6 +50,7 @@ def test_user_errors_are_one_clear_line(capsys, tmp_path, mini_beir):
         (("train-teacher", "--kind", "ce", "--data", "no-such-data", "--out", tmp_path / "b"), "dataset 'no-such-data' not found"),
         (("train-teacher", "--kind", "ce", "--max-steps", "0", "--out", tmp_path / "c"), "train.max_steps: Input should be greater than or equal to 1"),
         (("train-teacher", "--kind", "ce", "--data", mini_beir, "--base-model", "no-such-model", "--out", tmp_path / "d"), "unknown model 'no-such-model'"),
+        (("train-teacher", "--kind", "ce", "--device", "gpu", "--out", tmp_path / "e"), "train.device: String should match pattern"),
         (("eval", "--model", "minilm-l6", "--hybrid", "--rerank"), "--hybrid fuses full-retrieval lists with BM25"),
         (("eval", "--model", "minilm-l6", "--alpha", "0.1"), "--alpha is the BM25 weight of --hybrid"),
     ]
@@ -78,3 +79,11 @@ def test_eval_hybrid_command(capsys, tmp_path, mini_beir, tiny_bert_dir):
     assert saved["mode"] == "hybrid" and saved["num_queries"] == 24
     assert set(saved["components"]) == {"dense", "bm25", "hybrid"} and str(saved["alpha"]) in saved["alpha_grid"]
     assert saved["aggregate"] == saved["components"]["hybrid"]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message a machine without a GPU gives")
+def test_cuda_without_a_gpu_fails_before_mining(capsys, tmp_path, mini_beir):
+    code, _, err = run_cli(capsys, "train-teacher", "--kind", "ce", "--data", mini_beir, "--device", "cuda",
+                           "--out", tmp_path / "gpu")
+    assert code == 2 and "train.device is 'cuda' but torch sees no GPU" in err, err
+    assert not (tmp_path / "gpu").exists()
