@@ -34,13 +34,13 @@ def saturate(call, items: list, concurrency: int) -> None:
         list(pool.map(call, items))
 
 
-def cross_encoder_dir() -> str:
-    """A CrossEncoder directory with MiniLM's encoder weights and a fresh 1-logit head."""
+def cross_encoder_dir(model: str = "minilm-l6") -> str:
+    """A CrossEncoder directory with ``model``'s encoder weights and a fresh 1-logit head."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from common.model_registry import resolve_model
 
-    src = resolve_model("minilm-l6")
+    src = resolve_model(model)
     out = Path(tempfile.mkdtemp(prefix="bench-ce-"))
     AutoModelForSequenceClassification.from_pretrained(src, num_labels=1).save_pretrained(out)
     AutoTokenizer.from_pretrained(src).save_pretrained(out)
