@@ -3,7 +3,10 @@
 The student is the packaged all-MiniLM-L6-v2 cut to its first 2 layers; the data are a few hundred
 (query, positive, random negative) triples from the bundled scifact train split; the teacher's
 scores (or embeddings) for every batch come from the teacher service at ``--url``. Compared with
-precomputed teacher labels, the two lines marked "live teacher" are the whole difference.
+precomputed teacher labels, the line marked "live teacher" is the whole difference: the loss. The
+trainer is built as for any sentence-transformers loss (the online loss keeps each batch's texts for
+the teacher through the student's ``preprocess``; build it before the trainer). A service that needs
+a bearer token gets it from ``$TIGHTDISTILL_TOKEN``.
 
 Start the service first, then run the script::
 
@@ -18,7 +21,6 @@ accuracy on held-out triples (how often it scores the positive above the negativ
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import sys
 
@@ -29,8 +31,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--url", default="http://127.0.0.1:8000", help="teacher service URL")
     p.add_argument("--teacher", default="minilm", help="teacher name on the service (GET /v1/teachers)")
-    # Read from the environment only after parsing, so --help never prints a secret.
-    p.add_argument("--token", default=None, help="bearer token, if the service needs one; unset: $TIGHTDISTILL_TOKEN")
     p.add_argument("--loss", choices=LOSSES, default="margin_mse", help="distillation loss")
     p.add_argument("--dataset", default="scifact", help="bundled dataset name or BEIR directory (train split)")
     p.add_argument("--examples", type=int, default=300, help="training triples")
@@ -76,14 +76,16 @@ def pairwise_accuracy(model, rows: dict[str, list[str]]) -> float:
     return float(((q * pos).sum(-1) > (q * neg).sum(-1)).float().mean())
 
 
-def build_loss(name: str, model, client, teacher: str):
+def build_loss(name: str, model, url: str, teacher: str):
+    """The live-teacher loss; with precomputed teacher scores in a label column this would be
+    ``losses.MarginMSELoss(model)`` (or ``DistillKLDivLoss`` / ``MSELoss``)."""
     from student_trainer.integrations import OnlineEmbeddingMSELoss, OnlineInBatchKLLoss, OnlineMarginMSELoss
 
     if name == "margin_mse":
-        return OnlineMarginMSELoss(model, client, teacher)
+        return OnlineMarginMSELoss(model, url, teacher)
     if name == "in_batch_kl":
-        return OnlineInBatchKLLoss(model, client, teacher, tau=0.25, gamma=0.1)
-    return OnlineEmbeddingMSELoss(model, client, teacher)
+        return OnlineInBatchKLLoss(model, url, teacher, tau=0.25, gamma=0.1)
+    return OnlineEmbeddingMSELoss(model, url, teacher)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,8 +96,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from common.model_registry import resolve_model
     from common.text_encoder import truncate_layers
-    from student_trainer.integrations import TeacherTextCollator
-    from teacher_service.client import TeacherClient
     from teacher_service.errors import TeacherServiceError
 
     student = SentenceTransformer(str(resolve_model("minilm-l6")), device="cpu")
@@ -106,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     before = pairwise_accuracy(student, held_out)
 
     try:
-        token = args.token or os.environ.get("TIGHTDISTILL_TOKEN")
-        client = TeacherClient.from_url(args.url, token=token, retries=2)  # live teacher
-        loss = build_loss(args.loss, student, client, args.teacher)        # live teacher
+        loss = build_loss(args.loss, student, args.url, args.teacher)  # live teacher
     except TeacherServiceError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -120,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     trainer = SentenceTransformerTrainer(
         model=student, args=training_args, train_dataset=Dataset.from_dict(train_rows), loss=loss,
-        data_collator=TeacherTextCollator(student.preprocess),  # the teacher needs the batch's texts
     )
     try:
         result = trainer.train()

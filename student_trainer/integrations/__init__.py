@@ -2,16 +2,18 @@
 
 For trainers not written with tightdistill: an ordinary ``SentenceTransformerTrainer`` script
 switches from precomputed teacher scores (a label column) to the served teacher by changing its
-loss and passing :class:`TeacherTextCollator` (the teacher needs the batch's texts; see
-:mod:`student_trainer.integrations.texts` for why a collator and not decoding)::
+loss line::
 
-    from teacher_service.client import TeacherClient
-    from student_trainer.integrations import OnlineMarginMSELoss, TeacherTextCollator
+    from student_trainer.integrations import OnlineMarginMSELoss
 
-    client = TeacherClient.from_url("http://127.0.0.1:8000")      # or TeacherClient.from_serve()
-    loss = OnlineMarginMSELoss(model, client, teacher="minilm")    # was: losses.MarginMSELoss(model)
-    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=triples, loss=loss,
-                                         data_collator=TeacherTextCollator(model.preprocess))
+    loss = OnlineMarginMSELoss(model, "http://127.0.0.1:8000", teacher="minilm")  # was: losses.MarginMSELoss(model)
+    trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=triples, loss=loss)
+
+The teacher needs the batch's texts, which sentence-transformers' collator drops: the loss keeps
+them through the student's ``preprocess`` (so build it before the trainer), or the trainer takes
+``data_collator=TeacherTextCollator(model.preprocess)`` with ``keep_texts=False``; see
+:mod:`student_trainer.integrations.texts` for both and why not decoding. For a token, other
+timeouts or Ray handles, pass a :class:`TeacherClient` instead of the URL.
 
 Losses (one per module; each also has ``compute_loss_from_embeddings``, ``get_config_dict`` and
 ``citation`` like the sentence-transformers losses):
@@ -25,7 +27,7 @@ from student_trainer.integrations.embedding_mse import OnlineEmbeddingMSELoss
 from student_trainer.integrations.in_batch_kl import OnlineInBatchKLLoss
 from student_trainer.integrations.margin_mse import OnlineMarginMSELoss
 from student_trainer.integrations.online import OnlineTeacherLoss
-from student_trainer.integrations.texts import RAW_TEXT_KEY, TeacherTextCollator
+from student_trainer.integrations.texts import RAW_TEXT_KEY, TeacherTextCollator, keep_raw_texts
 
 __all__ = [
     "RAW_TEXT_KEY",
@@ -34,4 +36,5 @@ __all__ = [
     "OnlineMarginMSELoss",
     "OnlineTeacherLoss",
     "TeacherTextCollator",
+    "keep_raw_texts",
 ]

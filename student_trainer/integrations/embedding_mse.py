@@ -60,12 +60,12 @@ class OnlineEmbeddingMSELoss(OnlineTeacherLoss):
     space. ``projection=False`` refuses a dimension mismatch instead; ``projection=True`` adds the
     map even when the dimensions agree.
 
-    Inputs: one or more text columns; a label column is ignored. Build the trainer with
-    :class:`TeacherTextCollator`. The teacher must give pooled embeddings (dual-encoder, ColBERT).
+    Inputs: one or more text columns; a label column is ignored. Build the loss before the
+    trainer. The teacher must give pooled embeddings (dual-encoder, ColBERT).
 
     Args:
         model: the student ``SentenceTransformer``.
-        client: a :class:`TeacherClient` (``from_url`` or ``from_serve``).
+        client: the service's URL or a :class:`TeacherClient` (see :class:`OnlineTeacherLoss`).
         teacher: the teacher's name on the service.
         targets: ``"own"`` or ``"first"``.
         roles: the teacher role of each column (``"query"``/``"document"``); None: column 0 is the
@@ -74,22 +74,24 @@ class OnlineEmbeddingMSELoss(OnlineTeacherLoss):
         projection: None: a projection only when the dimensions differ; True: always; False: never
             (a mismatch is an error).
         timeout_s: how long a batch waits for the teacher.
+        keep_texts: keep the batch's texts through the student's ``preprocess`` (default), so the
+            trainer needs no ``data_collator``; see :class:`OnlineTeacherLoss`.
 
     Related: sentence-transformers' ``MSELoss`` / ``EmbedDistillLoss`` (the same with precomputed
     teacher embeddings as labels), ``student_trainer.losses.QueryEmbeddingMatchingLoss``.
 
     Example::
 
-        loss = OnlineEmbeddingMSELoss(model, TeacherClient.from_url(url), teacher="minilm")
+        loss = OnlineEmbeddingMSELoss(model, "http://127.0.0.1:8000", teacher="minilm")
     """
 
     signal = "pooled_embeddings"
     min_columns = 1
     columns_hint = "any text columns"
 
-    def __init__(self, model: nn.Module, client: TeacherClient, teacher: str, targets: Targets = "own",
+    def __init__(self, model: nn.Module, client: TeacherClient | str, teacher: str, targets: Targets = "own",
                  roles: Sequence[Role] | None = None, distance: Distance = "mse", projection: bool | None = None,
-                 timeout_s: float = 300.0) -> None:
+                 timeout_s: float = 300.0, keep_texts: bool = True) -> None:
         name = type(self).__name__
         targets = check_choice("targets", targets, ("own", "first"), name)
         distance = check_choice("distance", distance, ("mse", "l2"), name)
@@ -97,7 +99,7 @@ class OnlineEmbeddingMSELoss(OnlineTeacherLoss):
             raise ValueError(f"{name}: projection must be None, True or False, got {projection!r}")
         for role in roles or ():
             check_choice("roles[...]", role, ROLES, name)
-        super().__init__(model, client, teacher, timeout_s)
+        super().__init__(model, client, teacher, timeout_s, keep_texts)
         self.targets, self.distance = targets, distance
         self.roles: tuple[str, ...] | None = tuple(roles) if roles is not None else None
         self.teacher_dim = int(self.teacher_info["dim"])

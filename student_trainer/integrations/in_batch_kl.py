@@ -43,11 +43,11 @@ class OnlineInBatchKLLoss(OnlineTeacherLoss):
     with ``temperature=tau`` (up to its ``temperature**2`` factor) plus TCT's one-hot term.
 
     Inputs: text columns ``(query, positive[, negative_1, ...])``; the positive is the second
-    column. A label column is ignored. Build the trainer with :class:`TeacherTextCollator`.
+    column. A label column is ignored. Build the loss before the trainer.
 
     Args:
         model: the student ``SentenceTransformer``.
-        client: a :class:`TeacherClient` (``from_url`` or ``from_serve``).
+        client: the service's URL or a :class:`TeacherClient` (see :class:`OnlineTeacherLoss`).
         teacher: the teacher's name on the service.
         tau: teacher temperature, > 0 (TCT: 0.25).
         gamma: weight of the one-hot term, in [0, 1] (TCT: 0.1; 0 is pure KL).
@@ -56,29 +56,32 @@ class OnlineInBatchKLLoss(OnlineTeacherLoss):
         similarity_fct: the student's score *matrix* function ``[B, d] x [N, d] -> [B, N]``
             (default ``dot_score``; ``cos_sim`` for unnormalised students).
         timeout_s: how long a batch waits for the teacher.
+        keep_texts: keep the batch's texts through the student's ``preprocess`` (default), so the
+            trainer needs no ``data_collator``; see :class:`OnlineTeacherLoss`.
 
     Related: :class:`OnlineMarginMSELoss` (pairwise), ``student_trainer.losses.InBatchKLLoss``
     (the same maths in tightdistill's own trainer).
 
     Example::
 
-        loss = OnlineInBatchKLLoss(model, TeacherClient.from_url(url), teacher="minilm", tau=0.25)
+        loss = OnlineInBatchKLLoss(model, "http://127.0.0.1:8000", teacher="minilm", tau=0.25)
     """
 
     signal = "scores"
     min_columns = 2
     columns_hint = "query, positive, optional negatives"
 
-    def __init__(self, model: nn.Module, client: TeacherClient, teacher: str, tau: float = 0.25, gamma: float = 0.1,
-                 scope: Scope = "in_batch", scale: float | None = None,
-                 similarity_fct: Callable[[Tensor, Tensor], Tensor] = dot_score, timeout_s: float = 300.0) -> None:
+    def __init__(self, model: nn.Module, client: TeacherClient | str, teacher: str, tau: float = 0.25,
+                 gamma: float = 0.1, scope: Scope = "in_batch", scale: float | None = None,
+                 similarity_fct: Callable[[Tensor, Tensor], Tensor] = dot_score, timeout_s: float = 300.0,
+                 keep_texts: bool = True) -> None:
         name = type(self).__name__
         # Checked before the base class asks the service anything: a typo fails without a network call.
         tau = check_positive("tau", tau, name)
         gamma = check_unit_interval("gamma", gamma, name)
         scope = check_choice("scope", scope, SCOPES, name)
         scale = 1.0 / tau if scale is None else check_positive("scale", scale, name)
-        super().__init__(model, client, teacher, timeout_s)
+        super().__init__(model, client, teacher, timeout_s, keep_texts)
         self.tau, self.gamma, self.scope, self.scale = tau, gamma, scope, scale
         self.similarity_fct = similarity_fct
 

@@ -28,38 +28,39 @@ class OnlineMarginMSELoss(OnlineTeacherLoss):
     The same loss as sentence-transformers' ``MarginMSELoss`` given the teacher's scores as labels
     ``[M(q, pos), M(q, neg_1), ...]``; here the scores come from the live teacher (one ``pairs``
     request per batch, sent before the student's forward pass), so switching from a precomputed
-    label column is a one-line change of the loss plus ``data_collator=TeacherTextCollator(...)``.
+    label column is a one-line change of the loss.
 
     Inputs: text columns ``(query, positive, negative_1, ..., negative_k)``, ``k >= 1``; a label
-    column is ignored. Build the trainer with :class:`TeacherTextCollator` (the teacher needs the
-    texts).
+    column is ignored. Build the loss before the trainer (it keeps the batch's texts for the
+    teacher through the student's ``preprocess``).
 
     Args:
         model: the student ``SentenceTransformer``.
-        client: a :class:`TeacherClient` (``from_url`` or ``from_serve``).
+        client: the service's URL or a :class:`TeacherClient` (see :class:`OnlineTeacherLoss`).
         teacher: the teacher's name on the service.
         similarity_fct: the student's pairwise score (default dot product, as sentence-transformers'
             ``MarginMSELoss``).
         timeout_s: how long a batch waits for the teacher.
+        keep_texts: keep the batch's texts through the student's ``preprocess`` (default), so the
+            trainer needs no ``data_collator``; see :class:`OnlineTeacherLoss`.
 
     Related: :class:`OnlineInBatchKLLoss` (listwise over all in-batch documents),
     ``student_trainer.losses.MarginMSELoss`` (the same maths in tightdistill's own trainer).
 
     Example::
 
-        client = TeacherClient.from_url("http://127.0.0.1:8000")
-        loss = OnlineMarginMSELoss(model, client, teacher="minilm")   # was: losses.MarginMSELoss(model)
-        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=triples, loss=loss,
-                                             data_collator=TeacherTextCollator(model.preprocess))
+        loss = OnlineMarginMSELoss(model, "http://127.0.0.1:8000", teacher="minilm")  # was: losses.MarginMSELoss(model)
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=triples, loss=loss)
     """
 
     signal = "scores"
     min_columns = 3
     columns_hint = "query, positive, negative_1, ..."
 
-    def __init__(self, model: nn.Module, client: TeacherClient, teacher: str,
-                 similarity_fct: Callable[[Tensor, Tensor], Tensor] = pairwise_dot_score, timeout_s: float = 300.0) -> None:
-        super().__init__(model, client, teacher, timeout_s)
+    def __init__(self, model: nn.Module, client: TeacherClient | str, teacher: str,
+                 similarity_fct: Callable[[Tensor, Tensor], Tensor] = pairwise_dot_score, timeout_s: float = 300.0,
+                 keep_texts: bool = True) -> None:
+        super().__init__(model, client, teacher, timeout_s, keep_texts)
         self.similarity_fct = similarity_fct
 
     def request_teacher(self, texts: list[list[str]]) -> TeacherTargets:

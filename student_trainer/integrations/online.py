@@ -17,6 +17,7 @@ cannot ask for the *next* batch ahead (it never sees it), so only step 3 overlap
 from __future__ import annotations
 
 import logging
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
@@ -25,13 +26,15 @@ import torch
 from sentence_transformers.base.losses.merged_forward import embed_columns
 from torch import Tensor, nn
 
-from student_trainer.integrations.texts import split_texts
+from student_trainer.integrations.texts import keep_raw_texts, split_texts
 from student_trainer.losses._checks import check_positive
 from student_trainer.teacher_signals import as_tensor
 from teacher_service.client import ResultFuture, TeacherClient
 from teacher_service.errors import UnknownTeacher, UnsupportedSignal
 
 log = logging.getLogger(__name__)
+
+TOKEN_ENV = "TIGHTDISTILL_TOKEN"  # the service's default auth_token_env
 
 # What the loss waits on: returns the teacher's targets for the batch once the service answers.
 TeacherTargets = Callable[[], Any]
@@ -56,11 +59,16 @@ class OnlineTeacherLoss(nn.Module, ABC):
     Args:
         model: the student ``SentenceTransformer`` (the trainer swaps in its wrapped copy, as for
             every sentence-transformers loss with a ``model`` attribute).
-        client: a :class:`TeacherClient`, ``TeacherClient.from_url("http://host:8000")`` or
-            ``TeacherClient.from_serve()`` inside a Ray cluster.
+        client: the service's URL (``"http://host:8000"``; the bearer token, if any, is read from
+            ``$TIGHTDISTILL_TOKEN``), or a :class:`TeacherClient`: ``TeacherClient.from_url(...)``
+            with your own options, ``TeacherClient.from_serve()`` inside a Ray cluster.
         teacher: the teacher's name on the service (``GET /v1/teachers``).
         timeout_s: how long one batch waits for the teacher (the HTTP client's own retries and
             backoff on overload happen within it).
+        keep_texts: wrap the student's ``preprocess`` so the trainer's default collator keeps the
+            batch's raw texts for the teacher (:func:`~student_trainer.integrations.texts.keep_raw_texts`):
+            build the loss before the trainer and nothing else in the script changes. ``False``:
+            pass ``data_collator=TeacherTextCollator(model.preprocess)`` to the trainer instead.
 
     Subclasses set ``signal`` (what the teacher must offer), ``min_columns`` and implement
     :meth:`request_teacher` and :meth:`compute_loss_from_embeddings`.
@@ -70,12 +78,15 @@ class OnlineTeacherLoss(nn.Module, ABC):
     min_columns: ClassVar[int]
     columns_hint: ClassVar[str]
 
-    def __init__(self, model: nn.Module, client: TeacherClient, teacher: str, timeout_s: float = 300.0) -> None:
+    def __init__(self, model: nn.Module, client: TeacherClient | str, teacher: str, timeout_s: float = 300.0,
+                 keep_texts: bool = True) -> None:
         super().__init__()
         name = type(self).__name__
+        if isinstance(client, str):
+            client = TeacherClient.from_url(client, token=os.environ.get(TOKEN_ENV) or None)
         if not isinstance(client, TeacherClient):
-            raise ValueError(f"{name}: client must be a TeacherClient (TeacherClient.from_url(...) or "
-                             f"TeacherClient.from_serve()), got {type(client).__name__}")
+            raise ValueError(f"{name}: client must be the service's URL or a TeacherClient (TeacherClient.from_url(...) "
+                             f"or TeacherClient.from_serve()), got {type(client).__name__}")
         self.model = model
         self.teacher = teacher
         self.client = client.with_teacher(teacher)
@@ -83,6 +94,8 @@ class OnlineTeacherLoss(nn.Module, ABC):
         # Asked once, here, so a wrong name fails before training starts rather than at step 1.
         self.teacher_info = describe_teacher(self.client, teacher, self.signal, name)
         self._labels_noted = False
+        if keep_texts:
+            keep_raw_texts(model)
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
         features, texts = split_texts(sentence_features, type(self).__name__)

@@ -10,20 +10,28 @@ student's tokenized features (``input_ids``, ``attention_mask``, ...). The ways 
   different texts than the dataset holds;
 * read texts the trainer keeps: sentence-transformers 6 keeps none. Its collator
   (``BaseDataCollator.__call__``) tokenizes each column and drops the strings;
-* keep them in the collator: **the choice here**. :class:`TeacherTextCollator` is the stock
-  ``SentenceTransformerDataCollator`` (same fields, same tokenization, prompts and router mapping)
-  that also puts each text column's strings in the batch as ``{column}_raw_text``. The trainer's
-  ``collect_features`` groups every ``{column}_*`` key into that column's feature dict, so the
-  loss finds them under ``features[i]["raw_text"]`` and takes them out before the student's
-  forward pass. The user's script stays an ordinary ``SentenceTransformerTrainer`` call with the
-  documented ``data_collator=`` argument; nothing is patched.
+* keep them on the way through the collator: **the choice here**, two ways to the same batch.
+  The stock collator calls ``model.preprocess(texts, prompt=..., task=...)`` per text column and
+  puts every key it returns in the batch as ``{column}_{key}``; the trainer's ``collect_features``
+  groups every ``{column}_*`` key back into that column's feature dict. So the strings reach the
+  loss as ``features[i]["raw_text"]`` if either
+
+  - the student's ``preprocess`` also returns them: :func:`keep_raw_texts`, which every online
+    loss calls on its student when it is built (``keep_texts=True``, the default). The trainer,
+    built after the loss, captures that ``preprocess`` in its default collator, so the user's
+    script changes only its loss line. The student's forward pass ignores the extra key
+    (``encode`` and ``forward`` give the same embeddings), and the loss takes it out of the
+    features before the student's forward pass anyway; or
+  - the trainer gets :class:`TeacherTextCollator` as its ``data_collator`` (the stock collator
+    plus the strings), for scripts that build the loss after the trainer, pass
+    ``keep_texts=False``, or would rather not have the student's ``preprocess`` wrapped.
 
 The teacher sees the dataset's strings exactly: no student prompt, no student truncation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +69,33 @@ class TeacherTextCollator(SentenceTransformerDataCollator):
         return batch
 
 
+class RawTextPreprocess:
+    """A student's ``preprocess`` that also returns the raw strings it was given, under
+    :data:`RAW_TEXT_KEY` (a plain class, not a closure, so DataLoader workers can pickle it)."""
+
+    def __init__(self, preprocess: Callable[..., dict[str, Any]]) -> None:
+        self.preprocess = preprocess
+
+    def __call__(self, inputs: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        out = self.preprocess(inputs, *args, **kwargs)
+        if isinstance(inputs, (list, tuple)) and all(isinstance(text, str) for text in inputs):
+            out[RAW_TEXT_KEY] = list(inputs)
+        return out
+
+
+def keep_raw_texts(model: Any) -> None:
+    """Wrap ``model.preprocess`` (once) so that what it returns also holds the raw strings.
+
+    The trainer's default collator, made from ``model.preprocess`` when the trainer is built, then
+    hands an online loss each column's texts with no ``data_collator=`` argument.
+    """
+    if not callable(getattr(model, "preprocess", None)):
+        raise ValueError(f"{type(model).__name__} has no preprocess method to keep the batch's texts through; "
+                         "pass keep_texts=False and data_collator=TeacherTextCollator(...) to the trainer")
+    if not isinstance(model.preprocess, RawTextPreprocess):
+        model.preprocess = RawTextPreprocess(model.preprocess)
+
+
 def split_texts(sentence_features: Iterable[dict[str, Any]], owner: str) -> tuple[list[dict[str, Tensor]], list[list[str]]]:
     """``(features, texts)``: each column's feature dict without its raw texts, and the texts.
 
@@ -76,9 +111,10 @@ def split_texts(sentence_features: Iterable[dict[str, Any]], owner: str) -> tupl
     texts: list[list[str]] = []
     for column, feature in enumerate(sentence_features):
         if RAW_TEXT_KEY not in feature:
-            raise ValueError(f"{owner} needs the batch's texts for the teacher, but input column {column} has none; build "
-                             "the trainer with data_collator=TeacherTextCollator(model.preprocess) "
-                             "(from student_trainer.integrations)")
+            raise ValueError(f"{owner} needs the batch's texts for the teacher, but input column {column} has none: "
+                             "build the loss before the trainer (it keeps the texts through the student's preprocess "
+                             "unless keep_texts=False), or build the trainer with "
+                             "data_collator=TeacherTextCollator(model.preprocess) (from student_trainer.integrations)")
         features.append({key: value for key, value in feature.items() if key != RAW_TEXT_KEY})
         texts.append(list(feature[RAW_TEXT_KEY]))
     return features, texts

@@ -21,7 +21,9 @@ from student_trainer.integrations import (  # noqa: E402
     OnlineInBatchKLLoss,
     OnlineMarginMSELoss,
     TeacherTextCollator,
+    keep_raw_texts,
 )
+from student_trainer.integrations.texts import RawTextPreprocess  # noqa: E402
 from teacher_service.client import TeacherClient  # noqa: E402
 from teacher_service.errors import UnknownTeacher  # noqa: E402
 
@@ -217,9 +219,30 @@ def test_projection_to_a_teacher_of_another_dimension_is_trained(student, client
         OnlineEmbeddingMSELoss(student, clients["handle"], "minilm", projection=False)
 
 
-def test_without_the_collator_the_error_says_what_to_pass(student, clients, tmp_path):
-    loss = OnlineMarginMSELoss(student, clients["handle"], "tiny")
-    with pytest.raises(ValueError, match=r"data_collator=TeacherTextCollator\(model.preprocess\)"):
+def test_the_switch_is_the_loss_line_alone(student, teacher_app, tmp_path):
+    """An ordinary script's trainer (no data_collator), the loss built from the service's URL."""
+    loss = OnlineMarginMSELoss(student, teacher_app["url"], "tiny")
+    assert isinstance(student.preprocess, RawTextPreprocess)
+    before = replica_requests("tiny")
+    assert math.isfinite(train(student, loss, triples(), tmp_path, steps=2, collator=False))
+    assert replica_requests("tiny") - before == 2 * REQUESTS_PER_BATCH["margin"]
+
+
+def test_keeping_the_texts_leaves_the_students_embeddings_alone(tiny_bert_dir):
+    model = SentenceTransformer(str(tiny_bert_dir), device="cpu")
+    before = model.encode(QUERIES, convert_to_tensor=True)
+    keep_raw_texts(model)
+    keep_raw_texts(model)  # once only: a second loss on the same student does not wrap it again
+    assert isinstance(model.preprocess, RawTextPreprocess) and not isinstance(model.preprocess.preprocess, RawTextPreprocess)
+    features = model.preprocess(QUERIES[:2], prompt=None, task=None)
+    assert features["raw_text"] == QUERIES[:2]
+    assert torch.equal(model.encode(QUERIES, convert_to_tensor=True), before)
+
+
+def test_without_the_texts_the_error_says_what_to_do(student, clients, tmp_path):
+    loss = OnlineMarginMSELoss(student, clients["handle"], "tiny", keep_texts=False)
+    assert not isinstance(student.preprocess, RawTextPreprocess)
+    with pytest.raises(ValueError, match=r"build the loss before the trainer .* data_collator=TeacherTextCollator\(model.preprocess\)"):
         train(student, loss, triples(3), tmp_path, steps=1, collator=False)
 
 
@@ -230,3 +253,20 @@ def test_unknown_teacher_and_bad_arguments_fail_at_construction(student, clients
         OnlineInBatchKLLoss(student, clients["http"], "tiny", tau=0)
     with pytest.raises(ValueError, match="distance must be one of"):
         OnlineEmbeddingMSELoss(student, clients["http"], "tiny", distance="cos")
+
+
+def test_the_example_script_trains_against_the_service(teacher_app, capsys):
+    """examples/st_live_teacher.py end to end: packaged MiniLM cut to 2 layers, scifact triples."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "st_live_teacher.py"
+    spec = importlib.util.spec_from_file_location("st_live_teacher", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    before = replica_requests("minilm")
+    code = example.main(["--url", teacher_app["url"], "--teacher", "minilm", "--max-steps", "2", "--examples", "8",
+                         "--eval-examples", "4", "--batch-size", "4"])
+    out = capsys.readouterr().out
+    assert code == 0 and "trained 2 steps" in out, out
+    assert replica_requests("minilm") - before == 2 * REQUESTS_PER_BATCH["margin"]
