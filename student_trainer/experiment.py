@@ -182,9 +182,16 @@ def run_experiment(experiment: ExperimentConfig, argv: list[str], only: list[str
                    address: str | None = None, datasets: list[str] | None = None) -> dict[str, Any]:
     from student_trainer.run import run_distillation
 
-    planned = selected(experiment.runs(), only, datasets)
+    everything = experiment.runs()
+    planned = selected(everything, only, datasets)
     meta = provenance(argv)  # the code the runs start from (a run reused from before may be older)
     results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    # Finished runs of the rows and datasets not selected this time stay in the table, so running
+    # the missing cells one command at a time still ends with the whole table.
+    chosen = {run.run_dir for *_, run in planned}
+    for row, dataset, seed, run in everything:
+        if run.run_dir not in chosen and (metrics := finished_metrics(run)) is not None:
+            results.setdefault((row.name, dataset), []).append({**metrics, "seed": seed})
     for i, (row, dataset, seed, run) in enumerate(planned, start=1):
         metrics = finished_metrics(run)
         state = "reused" if metrics is not None else "running"
@@ -208,7 +215,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Run every row of an experiment file on each dataset and seed, then write the "
                                    "table as Markdown and JSON under its results_dir. Finished runs are reused.")
     p.add_argument("file", type=Path, help="experiment YAML, e.g. deploy/experiments/ablation.yaml")
-    p.add_argument("--only", nargs="+", metavar="ROW", help="run only these rows (the table then holds only them)")
+    p.add_argument("--only", nargs="+", metavar="ROW", help="run only these rows (the table also keeps the finished runs of the others)")
     p.add_argument("--datasets", nargs="+", metavar="DATASET", help="run only on these of the file's datasets")
     p.add_argument("--dry-run", action="store_true", help="validate every run's config and list the runs, without running")
     p.add_argument("--address", default=None, help="Ray cluster address (default: an embedded local Ray)")

@@ -89,6 +89,8 @@ def test_experiment_runs_rows_writes_the_table_and_reuses_finished_runs(teacher_
     again = run_experiment(exp, ["exp.yaml"])
     assert requests().result()["requests"] == before
     assert again["tables"] == out["tables"]
+    # One row selected: the other's finished run stays in the table (cells can be filled one command at a time).
+    assert run_experiment(exp, ["exp.yaml", "--only", "mmse"], only=["mmse"])["tables"] == out["tables"]
 
 
 def test_a_folder_of_another_config_is_set_aside_not_resumed(tmp_path, tiny_bert_dir, mini_beir):
