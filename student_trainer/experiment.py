@@ -81,12 +81,16 @@ class ExperimentConfig(StrictModel):
         return out
 
 
+def holds_other_config(run: RunConfig) -> bool:
+    """True when ``run``'s folder holds a run of another config (same row name, edited row or base)."""
+    config = run.run_dir / "config.json"
+    return config.is_file() and json.loads(config.read_text()) != json.loads(run.model_dump_json())
+
+
 def finished_metrics(run: RunConfig) -> dict[str, Any] | None:
     """The metrics of an earlier run of exactly this config, if its folder has them."""
-    metrics, config = run.run_dir / "metrics.json", run.run_dir / "config.json"
-    if not (metrics.is_file() and config.is_file()):
-        return None
-    if json.loads(config.read_text()) != json.loads(run.model_dump_json()):
+    metrics = run.run_dir / "metrics.json"
+    if not (metrics.is_file() and (run.run_dir / "config.json").is_file()) or holds_other_config(run):
         return None
     return json.loads(metrics.read_text())
 
@@ -95,8 +99,7 @@ def set_aside_stale(run: RunConfig) -> Path | None:
     """Move a run folder that holds another config's run out of the way, so the new config starts
     from step 0 instead of resuming the other one's checkpoints (same row name, edited row or
     base). An interrupted run of this very config stays, and resumes. Returns the new place."""
-    config = run.run_dir / "config.json"
-    if not config.is_file() or json.loads(config.read_text()) == json.loads(run.model_dump_json()):
+    if not holds_other_config(run):
         return None
     aside = run.run_dir.with_name(f"{run.run_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
     run.run_dir.rename(aside)

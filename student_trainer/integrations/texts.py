@@ -43,32 +43,6 @@ from torch import Tensor
 RAW_TEXT_KEY = "raw_text"
 
 
-@dataclass
-class TeacherTextCollator(SentenceTransformerDataCollator):
-    """``SentenceTransformerDataCollator`` that also keeps each text column's raw strings.
-
-    Use it as the trainer's ``data_collator`` with any loss of
-    :mod:`student_trainer.integrations`; it takes the same arguments as the stock collator::
-
-        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss,
-                                             data_collator=TeacherTextCollator(model.preprocess))
-
-    A trainer built without ``data_collator`` passes ``args.prompts`` and ``args.router_mapping``
-    to its own collator; with this one, pass them here too
-    (``TeacherTextCollator(model.preprocess, prompts=args.prompts)``) if you use them.
-    """
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = super().__call__(features)
-        if not features:
-            return batch
-        for column, value in features[0].items():
-            # A text column is one the student tokenized; the label and dataset_name columns are not.
-            if isinstance(value, str) and f"{column}_input_ids" in batch:
-                batch[f"{column}_{RAW_TEXT_KEY}"] = [row[column] for row in features]
-        return batch
-
-
 class RawTextPreprocess:
     """A student's ``preprocess`` that also returns the raw strings it was given, under
     :data:`RAW_TEXT_KEY` (a plain class, not a closure, so DataLoader workers can pickle it)."""
@@ -94,6 +68,29 @@ def keep_raw_texts(model: Any) -> None:
                          "pass keep_texts=False and data_collator=TeacherTextCollator(...) to the trainer")
     if not isinstance(model.preprocess, RawTextPreprocess):
         model.preprocess = RawTextPreprocess(model.preprocess)
+
+
+@dataclass
+class TeacherTextCollator(SentenceTransformerDataCollator):
+    """``SentenceTransformerDataCollator`` that also keeps each text column's raw strings: the
+    stock collator over :class:`RawTextPreprocess` (the same wrap an online loss puts on the
+    student, here confined to the trainer's collator).
+
+    Use it as the trainer's ``data_collator`` with any loss of
+    :mod:`student_trainer.integrations` built with ``keep_texts=False``; it takes the same
+    arguments as the stock collator::
+
+        trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss,
+                                             data_collator=TeacherTextCollator(model.preprocess))
+
+    A trainer built without ``data_collator`` passes ``args.prompts`` and ``args.router_mapping``
+    to its own collator; with this one, pass them here too
+    (``TeacherTextCollator(model.preprocess, prompts=args.prompts)``) if you use them.
+    """
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.preprocess_fn, RawTextPreprocess):
+            self.preprocess_fn = RawTextPreprocess(self.preprocess_fn)
 
 
 def split_texts(sentence_features: Iterable[dict[str, Any]], owner: str) -> tuple[list[dict[str, Tensor]], list[list[str]]]:
