@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 import requests
 import torch
-from safetensors.torch import load_file, save_file
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
+from safetensors.torch import load_file
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel
 
 from teacher_service.arrow_io import ARROW_STREAM, ipc_to_arrays
 from teacher_service.client import TeacherClient
@@ -26,6 +26,7 @@ from teacher_service.errors import RequestTooLarge, UnsupportedSignal
 from teacher_service.kinds import build_teacher
 from teacher_service.schemas import parse_request
 from teacher_service.spec import ServiceConfig, TeacherSpec
+from tiny_checkpoints import DUAL_META, save_colbert_checkpoint, save_cross_encoder
 
 APP = "kinds"
 QUERIES = ["how are glacier caves formed?", "what do vaccines do", "who wrote hamlet"]
@@ -37,43 +38,6 @@ DOCS = [
     "Hamlet is a tragedy, written by William Shakespeare.",
     "Photosynthesis converts light into chemical energy.",
 ]
-COLBERT_META = {"query_maxlen": 12, "doc_maxlen": 40, "dim": 16, "similarity": "cosine", "mask_punctuation": True,
-                "attend_to_mask_tokens": False, "query_token_id": "[unused0]", "doc_token_id": "[unused1]"}
-DUAL_META = {"pooling": "special_token", "score_scale": 0.25}
-
-
-# --- checkpoints in their real on-disk layouts -------------------------------------------------
-def tiny_config(**extra) -> BertConfig:
-    return BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                      intermediate_size=64, max_position_embeddings=512, **extra)
-
-
-def save_colbert_checkpoint(path: Path, minilm_dir: Path, dim: int = 16, seed: int = 1) -> Path:
-    """A ColBERTv2 ``HF_ColBERT`` directory: encoder under ``bert.``, ``linear.weight`` beside it."""
-    torch.manual_seed(seed)
-    config = tiny_config()
-    state = {f"bert.{k}": v.contiguous() for k, v in BertModel(config).state_dict().items()}
-    state["linear.weight"] = torch.randn(dim, config.hidden_size) / config.hidden_size**0.5
-    path.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
-    config.architectures = ["HF_ColBERT"]
-    config.save_pretrained(path)
-    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
-    (path / "artifact.metadata").write_text(json.dumps({**COLBERT_META, "dim": dim}))
-    return path
-
-
-def save_cross_encoder(path: Path, minilm_dir: Path, seed: int = 2, ce_meta: dict | None = None) -> Path:
-    """A sentence-transformers ``CrossEncoder`` directory (optionally with tightdistill_ce.json)."""
-    torch.manual_seed(seed)
-    BertForSequenceClassification(tiny_config(num_labels=1)).save_pretrained(path)
-    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
-    config = json.loads((path / "config.json").read_text())
-    config["sentence_transformers"] = {"activation_fn": "torch.nn.modules.activation.Sigmoid", "version": "4.1.0"}
-    (path / "config.json").write_text(json.dumps(config))
-    if ce_meta is not None:
-        (path / "tightdistill_ce.json").write_text(json.dumps(ce_meta))
-    return path
 
 
 # --- the service -------------------------------------------------------------------------------
