@@ -42,3 +42,35 @@ def evaluate_encoder(encode_queries: QueryEncoder, index: DenseIndex, dataset: B
         mode = "rerank"
     qrels = dataset.qrels(split)
     return Evaluation(evaluate_run({q: qrels[q] for q in qids}, run, k_values), run, mode)
+
+
+PairScorer = Callable[[list[str], list[str]], np.ndarray]
+
+
+def rerank_candidates(dataset: BeirDataset, split: str, query_ids: Sequence[str], depth: int = 100) -> tuple[dict[str, list[str]], str]:
+    """Candidate lists to re-rank for ``query_ids`` and where they came from: the dataset's own
+    ``candidates.<split>.tsv`` when it ships one (wikiqa), else BM25's top ``depth``."""
+    if (dataset.path / f"candidates.{split}.tsv").is_file():
+        given = dataset.candidates(split)
+        return {q: given.get(q, []) for q in query_ids}, f"candidates.{split}.tsv"
+    from common.hybrid_retrieval import BM25Index  # bm25s is imported only when needed
+
+    hits = BM25Index.from_dataset(dataset).search([dataset.query_text[q] for q in query_ids], depth)
+    return {q: [d for d, _ in h] for q, h in zip(query_ids, hits)}, f"BM25 top {depth}"
+
+
+def evaluate_pair_scorer(score_pairs: PairScorer, dataset: BeirDataset, split: str, candidates: dict[str, list[str]],
+                         k_values: Sequence[int] = (5, 20, 100, 1000), query_ids: Sequence[str] | None = None) -> Evaluation:
+    """Re-rank each query's candidates with a model that scores (query, document) pairs (a
+    cross-encoder, ColBERT's MaxSim) and score the ranking; ``score_pairs`` gets every pair at once."""
+    qids = list(query_ids) if query_ids is not None else list(candidates)
+    pairs = [(q, d) for q in qids for d in candidates.get(q, [])]
+    texts = dataset.doc_texts
+    scores = score_pairs([dataset.query_text[q] for q, _ in pairs], [texts[dataset.doc_index[d]] for _, d in pairs])
+    if len(scores) != len(pairs):
+        raise ValueError(f"the scorer returned {len(scores)} scores for {len(pairs)} pairs")
+    run: Run = {q: {} for q in qids}
+    for (q, d), s in zip(pairs, np.asarray(scores, dtype=np.float64)):
+        run[q][d] = float(s)
+    qrels = dataset.qrels(split)
+    return Evaluation(evaluate_run({q: qrels[q] for q in qids}, run, k_values), run, "rerank")

@@ -102,8 +102,11 @@ class DataConfig(StrictModel):
                             "train_split (for choosing a recipe without looking at test).")
     dev_queries: int = Field(0, ge=0, description="Training queries held out (seeded) as a dev split for model selection.")
     num_negatives: int = Field(1, ge=0, description="Hard negatives per query in each batch.")
-    negatives: Literal["mined", "random"] = Field("mined", description="'mined': from the teacher's top-k (once, before training); 'random': uniform from the corpus.")
-    mine_top_k: int = Field(30, ge=2, description="Depth of the teacher ranking negatives are drawn from.")
+    negatives: Literal["mined", "bm25", "random"] = Field("mined", description=(
+        "'mined': from the (dual-encoder) teacher's own top-k, once, before training; 'bm25': from BM25's top-k "
+        "(any teacher: what cross-encoder and ColBERT teachers use, they have no single-vector index); "
+        "'random': uniform from the corpus."))
+    mine_top_k: int = Field(30, ge=2, description="Depth of the ranking (teacher's or BM25's) negatives are drawn from.")
     mine_skip_top: int = Field(2, ge=0, description="Skip the teacher's top ranks (likely unlabelled positives).")
     extra_queries: Literal["none", "corpus", "perturbed", "generated"] = Field("none", description=(
         "Unlabelled extra queries for embedding matching (EmbedDistill §4.3): 'corpus' draws pseudo-queries from the "
@@ -158,6 +161,12 @@ class TrainConfig(StrictModel):
 
 class EvalConfig(StrictModel):
     k_values: list[int] = Field(default_factory=lambda: [5, 20, 100, 1000])
+    mode: Literal["auto", "retrieval", "rerank"] = Field("auto", description=(
+        "'retrieval': full retrieval over the corpus (FAISS); 'rerank': teacher and student re-rank the same "
+        "candidate lists (the dataset's candidates.<split>.tsv, else BM25's top rerank_depth); 'auto': retrieval "
+        "for dual-encoder teachers, rerank for cross-encoder and ColBERT teachers (which score pairs, and have "
+        "no single-vector index to retrieve from). A symmetric student is always also scored by full retrieval."))
+    rerank_depth: int = Field(100, ge=1, description="Candidates per query when they come from BM25 (datasets without candidates.<split>.tsv).")
     evaluate_teacher: bool = Field(True, description="Also evaluate the teacher, for the retained fraction.")
     evaluate_untrained: bool = Field(False, description="Also evaluate the (asymmetric) student before training.")
     agreement_k: int = Field(10, ge=1, description="Depth of the teacher and student top-k lists compared by the agreement metrics (overlap@k, RBO, Kendall tau).")

@@ -1,8 +1,8 @@
 """Training examples: (query, positive, hard negatives) rows, written as parquet for Ray Data.
 
-Negatives are mined once from the teacher's own ranking (its document index and its query
-embeddings, fetched through the service) or drawn at random; training then asks the teacher
-online for the scores of every in-batch pair.
+Negatives are mined once from a first-stage ranking (the teacher's own, from its document index
+and its query embeddings fetched through the service, or BM25's for teachers without one) or
+drawn at random; training then asks the teacher online for the scores of every in-batch pair.
 """
 
 from __future__ import annotations
@@ -48,19 +48,17 @@ def split_queries(dataset: BeirDataset, config: DataConfig, seed: int) -> QueryS
     return QuerySplit(train, dev)
 
 
-def build_examples(dataset: BeirDataset, query_ids: list[str], config: DataConfig, doc_index: DocEmbeddings,
-                   teacher_query_emb: np.ndarray | None, seed: int) -> pa.Table:
-    """One row per (query, relevant document); ``teacher_query_emb`` rows follow ``query_ids``
-    (needed only for mined negatives)."""
+def build_examples(dataset: BeirDataset, query_ids: list[str], config: DataConfig, ranked: list[list[str]] | None,
+                   seed: int) -> pa.Table:
+    """One row per (query, relevant document). ``ranked[i]`` is query ``query_ids[i]``'s first-stage
+    ranking (the teacher's own or BM25's) that hard negatives are drawn from, below its top
+    ``mine_skip_top``; without it (random negatives) they are drawn from the whole corpus."""
     if config.train_split is None:
         raise ValueError("build_examples needs labelled queries (data.train_split)")
+    if ranked is not None and len(ranked) != len(query_ids):
+        raise ValueError(f"{len(ranked)} rankings for {len(query_ids)} queries")
     qrels = dataset.qrels(config.train_split)
     rng = np.random.default_rng(seed)
-    ranked: list[list[str]] | None = None
-    if config.negatives == "mined" and config.num_negatives:
-        if teacher_query_emb is None:
-            raise ValueError("mined negatives need the teacher's query embeddings")
-        _, ranked = doc_index.index.search(teacher_query_emb, config.mine_top_k)
     texts = dataset.doc_texts
     rows: dict[str, list] = {name: [] for name in EXAMPLES_SCHEMA.names}
     for qi, qid in enumerate(query_ids):

@@ -111,30 +111,50 @@ def summarise(values: list[float]) -> dict[str, float]:
 
 
 def collect_rows(experiment: ExperimentConfig, results: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[str, Any]:
-    """The table: per dataset, the teacher and each row's metrics (mean/std over seeds)."""
+    """The table: per dataset, the teachers and each row's metrics (mean/std over seeds).
+
+    Rows may distil different teachers (CE -> DE rows, for instance): every row records its
+    teacher, ``teachers`` holds each one's metrics, and ``retained`` is always against the row's
+    own teacher (each run's own ratio). ``teacher`` is the first teacher, for single-teacher tables.
+    A symmetric student evaluated by re-ranking also has its full-retrieval nDCG@10."""
     table: dict[str, Any] = {}
     for dataset in dict.fromkeys(d for row in experiment.rows for d in (row.datasets or experiment.datasets)):
         entries: list[dict[str, Any]] = []
-        teacher = next((m["metrics"]["teacher"] for (_, d), ms in results.items() if d == dataset for m in ms
-                        if "teacher" in m["metrics"]), None)
+        teachers: dict[str, dict[str, float]] = {}
+        for (_, d), ms in results.items():
+            for m in ms:
+                if d == dataset and "teacher" in m["metrics"]:
+                    teachers.setdefault(_teacher_name(m), {k: m["metrics"]["teacher"][k] for k in TABLE_METRICS})
         for row in experiment.rows:
             ms = results.get((row.name, dataset), [])
             if not ms:
                 continue
-            entry: dict[str, Any] = {"row": row.name, "description": row.description, "seeds": [m["seed"] for m in ms]}
+            entry: dict[str, Any] = {"row": row.name, "description": row.description, "seeds": [m["seed"] for m in ms],
+                                     "teacher": _teacher_name(ms[0])}
             for metric in TABLE_METRICS:
                 entry[metric] = summarise([m["metrics"]["student"][metric] for m in ms])
-            entry["retained"] = summarise([m["retained"]["nDCG@10"] for m in ms]) if teacher else None
+            entry["retained"] = summarise([m["retained"]["nDCG@10"] for m in ms]) if all("retained" in m for m in ms) else None
+            if all(RETRIEVAL in m["metrics"] for m in ms):
+                entry["retrieval nDCG@10"] = summarise([m["metrics"][RETRIEVAL]["nDCG@10"] for m in ms])
             entry["train_s"] = summarise([m["timings"]["train_s"] for m in ms])
             entry["steps"] = ms[0]["steps"]
             entry["runs"] = [m["run"] for m in ms]
             entries.append(entry)
         if not entries:
             continue  # a dataset none of the selected rows ran on
-        split = next(m.get("split", "test") for (_, d), ms in results.items() if d == dataset for m in ms)
-        table[dataset] = {"teacher": {k: teacher[k] for k in TABLE_METRICS} if teacher else None, "split": split,
+        first = next(m for (_, d), ms in results.items() if d == dataset for m in ms)
+        table[dataset] = {"teacher": next(iter(teachers.values()), None), "teachers": teachers,
+                          "split": first.get("split", "test"), "eval": first.get("eval", {"mode": "retrieval"}),
                           "rows": entries}
     return table
+
+
+# What a symmetric student's full retrieval is called in a re-ranking run's metrics.
+RETRIEVAL = "student (retrieval)"
+
+
+def _teacher_name(metrics: dict[str, Any]) -> str:
+    return metrics.get("teacher", {}).get("name", "teacher")
 
 
 def provenance(argv: list[str]) -> dict[str, str]:
@@ -162,15 +182,25 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
         lines += [experiment.description.strip(), ""]
     lines += [f"Command: `{meta['command']}`  ", f"Commit: `{meta['commit']}`  ", f"Date: {meta['date']}; machine: {meta['machine']}", ""]
     for dataset, block in table.items():
-        lines += [f"## {dataset} ({block.get('split', 'test')})", "", "| row | nDCG@10 | MRR@10 | R@100 | retained (nDCG@10) | steps | train wall (s) |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
-        if block["teacher"]:
-            t = block["teacher"]
-            lines.append(f"| teacher | {t['nDCG@10']:.3f} | {t['MRR@10']:.3f} | {t['R@100']:.3f} | 1.000 | - | - |")
+        ev = block.get("eval", {"mode": "retrieval"})
+        how = f", re-ranking {ev.get('candidates')}" if ev["mode"] == "rerank" else ""
+        several = len(block.get("teachers", {})) > 1
+        retrieval = any("retrieval nDCG@10" in e for e in block["rows"])
+        head = ["row"] + (["teacher"] if several else []) + ["nDCG@10", "MRR@10", "R@100", "retained (nDCG@10)"]
+        head += (["nDCG@10, full retrieval"] if retrieval else []) + ["steps", "train wall (s)"]
+        lines += [f"## {dataset} ({block.get('split', 'test')}{how})", "", "| " + " | ".join(head) + " |",
+                  "|" + " --- |" * len(head)]
+        teachers = block.get("teachers") or ({"teacher": block["teacher"]} if block["teacher"] else {})
+        for name, t in teachers.items():
+            cells = [f"teacher {name}" if several else "teacher"] + ([name] if several else [])
+            cells += [f"{t['nDCG@10']:.3f}", f"{t['MRR@10']:.3f}", f"{t['R@100']:.3f}", "1.000"]
+            lines.append("| " + " | ".join(cells + (["-"] if retrieval else []) + ["-", "-"]) + " |")
         for e in block["rows"]:
             label = f"{e['row']}: {e['description']}" if e["description"] else e["row"]
-            lines.append(f"| {label} | {_cell(e['nDCG@10'])} | {_cell(e['MRR@10'])} | {_cell(e['R@100'])} | "
-                         f"{_cell(e['retained'])} | {e['steps']} | {_cell(e['train_s'], 0)} |")
+            cells = [label] + ([e.get("teacher", "-")] if several else [])
+            cells += [_cell(e["nDCG@10"]), _cell(e["MRR@10"]), _cell(e["R@100"]), _cell(e["retained"])]
+            cells += ([_cell(e.get("retrieval nDCG@10"))] if retrieval else []) + [str(e["steps"]), _cell(e["train_s"], 0)]
+            lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     lines.append("Mean ± sample standard deviation over seeds where a row ran with more than one.")
     return "\n".join(lines) + "\n"

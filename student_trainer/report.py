@@ -159,6 +159,14 @@ def plot_cosines(cosines: list[float], path: Path) -> Path | None:
     return path
 
 
+def _evaluated_how(metrics: dict[str, Any]) -> str:
+    ev = metrics.get("eval", {"mode": "retrieval"})
+    if ev["mode"] == "rerank":
+        return (f"teacher and student re-rank the same candidates ({ev.get('candidates')}); "
+                "'student (retrieval)' is the student's full retrieval over its own index of the corpus")
+    return "full retrieval over the teacher's document index (a symmetric student searches its own)"
+
+
 def write_report(run_dir: str | Path) -> Path:
     """(Re)write ``report.md`` and the plots of a finished run; returns the report's path."""
     run_dir = Path(run_dir)
@@ -177,8 +185,8 @@ def write_report(run_dir: str | Path) -> Path:
     reports = {name: MetricReport(aggregate=agg, per_query={}) for name, agg in metrics["metrics"].items()}
     lines = [f"# Run `{metrics['run']}`", "",
              f"Teacher `{metrics['teacher']['name']}` ({metrics['teacher']['kind']}, {metrics['teacher']['checkpoint']}); "
-             f"{metrics['dataset']} {metrics['split']}, {metrics['num_eval_queries']} queries, full retrieval over the "
-             "teacher's document index.", "", format_table(reports), ""]
+             f"{metrics['dataset']} {metrics['split']}, {metrics['num_eval_queries']} queries, {_evaluated_how(metrics)}.",
+             "", format_table(reports), ""]
     if "retained" in metrics:
         r = metrics["retained"]
         pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731 - a teacher scoring 0 has no ratio

@@ -31,7 +31,7 @@ from ray.train.torch import TorchTrainer
 from common.config import ConfigError
 from common.datasets import BeirDataset, load_beir, write_parquet
 from common.agreement import query_cosines
-from common.evaluation import eval_query_ids, evaluate_encoder
+from common.evaluation import eval_query_ids, evaluate_encoder, evaluate_pair_scorer, rerank_candidates
 from common.metrics import MetricReport
 from common.ray_runtime import init_ray
 from student_trainer.agreement_monitor import run_agreement
@@ -157,7 +157,50 @@ def agreement_inputs(run: RunConfig, dataset: BeirDataset, client: TeacherClient
     return ray.put((texts, teacher_q, corpus))
 
 
-def prepare_examples(run: RunConfig, dataset: BeirDataset, client: TeacherClient, doc_index: DocEmbeddings) -> tuple[Path, int]:
+def has_document_index(info: dict[str, Any]) -> bool:
+    """Whether the teacher embeds a text on its own, i.e. has a single-vector document index the run
+    can retrieve from, mine negatives with and let an asymmetric student inherit: dual-encoders do;
+    cross-encoders (pairs only) and ColBERT (MaxSim over token vectors) score pairs instead."""
+    return info["kind"] == "dual_encoder"
+
+
+def check_teacher_fits(run: RunConfig, info: dict[str, Any]) -> None:
+    """Refuse, before any work, a config that needs a document index from a teacher without one."""
+    if has_document_index(info):
+        return
+    what = f"teacher '{info['name']}' is a {info['kind']}, which scores (query, document) pairs and has no single-vector document index"
+    problems = []
+    if run.student.asymmetric:
+        problems.append("an asymmetric student inherits the teacher's document embeddings: set student.asymmetric: false")
+    if run.data.train_split is None:
+        problems.append("label-free runs label pseudo-queries with the teacher's own ranking: set data.train_split")
+    elif run.data.negatives == "mined" and run.data.num_negatives:
+        problems.append("data.negatives 'mined' draws from the teacher's own ranking of the corpus: use 'bm25' or 'random'")
+    if run.eval.mode == "retrieval" and run.eval.evaluate_teacher:
+        problems.append("eval.mode 'retrieval' would need it to retrieve from the corpus: use 'rerank' (or 'auto')")
+    if run.eval.agreement_every is not None:
+        problems.append("agreement metrics compare single-vector rankings of the corpus: unset eval.agreement_every")
+    if problems:
+        raise ConfigError(f"{what}; " + "; ".join(problems))
+
+
+def first_stage_rankings(run: RunConfig, dataset: BeirDataset, query_ids: list[str], client: TeacherClient,
+                         doc_index: DocEmbeddings | None) -> list[list[str]] | None:
+    """Each training query's ranking that hard negatives are drawn from: the teacher's own
+    (``data.negatives: mined``) or BM25's (``bm25``); None for random negatives."""
+    if not run.data.num_negatives or run.data.negatives == "random":
+        return None
+    texts = [dataset.query_text[q] for q in query_ids]
+    if run.data.negatives == "bm25":
+        from common.hybrid_retrieval import BM25Index
+
+        return [[d for d, _ in hits] for hits in BM25Index.from_dataset(dataset).search(texts, run.data.mine_top_k)]
+    assert doc_index is not None  # check_teacher_fits refused 'mined' without an index
+    return doc_index.index.search(client.encode_many(texts, role="query"), run.data.mine_top_k)[1]
+
+
+def prepare_examples(run: RunConfig, dataset: BeirDataset, client: TeacherClient,
+                     doc_index: DocEmbeddings | None) -> tuple[Path, int]:
     """Training examples as parquet: labelled queries with mined negatives, or, with no
     ``data.train_split``, pseudo-queries from the corpus labelled by the teacher's ranking."""
     split = split_queries(dataset, run.data, run.train.seed)
@@ -168,10 +211,8 @@ def prepare_examples(run: RunConfig, dataset: BeirDataset, client: TeacherClient
     else:
         if not split.train:
             raise ConfigError(f"dataset {dataset.name}: no training queries in split '{run.data.train_split}'")
-        q_emb = None
-        if run.data.negatives == "mined" and run.data.num_negatives:
-            q_emb = client.encode_many([dataset.query_text[q] for q in split.train], role="query")
-        table = build_examples(dataset, split.train, run.data, doc_index, q_emb, run.train.seed)
+        ranked = first_stage_rankings(run, dataset, split.train, client, doc_index)
+        table = build_examples(dataset, split.train, run.data, ranked, run.train.seed)
     path = write_parquet(table, run.run_dir / "data" / "train.parquet")
     (run.run_dir / "data" / "dev_queries.json").write_text(json.dumps(split.dev))
     return path, table.num_rows
@@ -221,7 +262,7 @@ def raise_user_facing(error: BaseException) -> None:
         raise found from error
 
 
-def train_student(run: RunConfig, info: dict[str, Any], examples: Path, num_examples: int, doc_index: DocEmbeddings,
+def train_student(run: RunConfig, info: dict[str, Any], examples: Path, num_examples: int, doc_index: DocEmbeddings | None,
                   extra_queries: list[str], show_progress: bool,
                   hooks: dict[str, Any] | None = None) -> tuple[Any, list[dict[str, Any]]]:
     """Train on Ray Train; ``hooks`` holds the optional inputs of the loop's hooks: ``ensemble``
@@ -234,7 +275,7 @@ def train_student(run: RunConfig, info: dict[str, Any], examples: Path, num_exam
             "run": run.model_dump(mode="json"),
             "teacher_info": info,
             "total_steps": total_steps,
-            "doc_index_ref": ray.put((doc_index.ids, doc_index.emb)),
+            "doc_index_ref": ray.put((doc_index.ids, doc_index.emb)) if doc_index is not None else None,
             "extra_queries_ref": ray.put(extra_queries) if extra_queries else None,
             "progress_board": bar.board,
             **(hooks or {}),
@@ -266,9 +307,10 @@ def train_student(run: RunConfig, info: dict[str, Any], examples: Path, num_exam
     return result.checkpoint, history
 
 
-def evaluate(run: RunConfig, dataset: BeirDataset, doc_index: DocEmbeddings,
-             encoders: dict[str, Any]) -> tuple[dict[str, MetricReport], dict[str, np.ndarray]]:
-    """Each encoder's metrics on the eval split, and the query embeddings it produced."""
+def evaluate(run: RunConfig, dataset: BeirDataset, doc_index: DocEmbeddings, encoders: dict[str, Any],
+             candidates: dict[str, list[str]] | None = None) -> tuple[dict[str, MetricReport], dict[str, np.ndarray]]:
+    """Each encoder's metrics on the eval split (full retrieval from ``doc_index``, or re-ranking
+    ``candidates`` with its embeddings), and the query embeddings it produced."""
     reports, embeddings = {}, {}
     split, query_ids = eval_queries(run, dataset)
     for name, encode in tqdm(encoders.items(), desc="evaluating", unit="model", disable=len(encoders) < 2):
@@ -276,9 +318,65 @@ def evaluate(run: RunConfig, dataset: BeirDataset, doc_index: DocEmbeddings,
             embeddings[name] = np.asarray(encode(texts), dtype=np.float32)
             return embeddings[name]
 
-        ev = evaluate_encoder(capture, doc_index.index, dataset, split, run.eval.k_values, query_ids=query_ids)
+        ev = evaluate_encoder(capture, doc_index.index, dataset, split, run.eval.k_values, query_ids=query_ids,
+                              candidates=candidates)
         reports[name] = ev.report
     return reports, embeddings
+
+
+@dataclass
+class RunEvaluation:
+    reports: dict[str, MetricReport]
+    query_embeddings: dict[str, np.ndarray]
+    student_index: DocEmbeddings | None  # a symmetric student's own index of the corpus
+    description: dict[str, Any]
+
+
+def evaluate_run_models(run: RunConfig, dataset: BeirDataset, client: TeacherClient, info: dict[str, Any],
+                        doc_index: DocEmbeddings | None, student: DualEncoderStudent, exported: ExportedStudent,
+                        show_progress: bool) -> RunEvaluation:
+    """Teacher and student on the eval split, the same way for both (``eval.mode``).
+
+    Full retrieval: the teacher and an asymmetric student search the teacher's document index, a
+    symmetric student its own. Re-ranking: both re-rank the same candidate lists, a dual-encoder
+    teacher and the student with their embeddings, any other teacher by scoring every (query,
+    candidate) pair through the service. A symmetric student is also scored by full retrieval
+    (``"student (retrieval)"``): replacing a re-ranker with a first-stage retriever is why one
+    distills a cross-encoder into a dual-encoder.
+    """
+    mode = run.eval.mode if run.eval.mode != "auto" else ("retrieval" if has_document_index(info) else "rerank")
+    split, query_ids = eval_queries(run, dataset)
+    candidates, description = None, {"mode": mode, "split": split, "queries": len(query_ids)}
+    if mode == "rerank":
+        candidates, description["candidates"] = rerank_candidates(dataset, split, query_ids, run.eval.rerank_depth)
+    reports: dict[str, MetricReport] = {}
+    query_emb: dict[str, np.ndarray] = {}
+    encoders: dict[str, Any] = {}
+    if run.eval.evaluate_teacher and doc_index is not None:
+        encoders["teacher"] = lambda texts: client.encode_many(texts, role="query")
+    elif run.eval.evaluate_teacher:
+        def score_pairs(queries: list[str], documents: list[str]) -> np.ndarray:
+            return client.score_many(queries, documents, progress=f"teacher {info['name']}: re-ranking" if show_progress else None)
+
+        reports["teacher"] = evaluate_pair_scorer(score_pairs, dataset, split, candidates, run.eval.k_values, query_ids).report
+    if student.asymmetric:
+        encoders["student"] = exported.encode_queries
+        if run.eval.evaluate_untrained:
+            untrained = DualEncoderStudent(run.student, teacher_dim=info["dim"])
+            encoders["untrained student"] = lambda texts: untrained.encode_queries(texts).numpy()
+    if encoders:
+        found, emb = evaluate(run, dataset, doc_index, encoders, candidates)
+        reports.update(found)
+        query_emb.update(emb)
+    own = None
+    if not student.asymmetric:  # a symmetric student searches its own index of the corpus
+        own = DocEmbeddings(list(dataset.doc_ids), exported.encode_documents(dataset.doc_texts, show_progress=show_progress))
+        found, emb = evaluate(run, dataset, own, {"student": exported.encode_queries}, candidates)
+        reports.update(found)
+        query_emb.update(emb)
+        if candidates is not None:
+            reports["student (retrieval)"] = evaluate(run, dataset, own, {"student": exported.encode_queries})[0]["student"]
+    return RunEvaluation(reports, query_emb, own, description)
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> list[float]:
@@ -319,11 +417,14 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
     init_ray(address)
     client = connect_teacher(run.teacher)
     info = client.describe()
+    check_teacher_fits(run, info)
     timings["setup_s"] = time.perf_counter() - t0
 
-    t = time.perf_counter()
-    doc_index = teacher_doc_embeddings(client, dataset, show_progress=show_progress)
-    timings["teacher_index_s"] = time.perf_counter() - t
+    doc_index = None
+    if has_document_index(info):
+        t = time.perf_counter()
+        doc_index = teacher_doc_embeddings(client, dataset, show_progress=show_progress)
+        timings["teacher_index_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     examples, num_examples = prepare_examples(run, dataset, client, doc_index)
@@ -348,28 +449,17 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
     history = history or state.get("history", [])
     student_dir = export_sentence_transformers(student, run.run_dir / "student", {
         "teacher": {"name": info["name"], "kind": info["kind"], "checkpoint": info["checkpoint"]},
-        "teacher_info": info, "doc_index": str(doc_index.path) if doc_index.path else None, "run": run.name,
+        "teacher_info": info, "doc_index": str(doc_index.path) if doc_index is not None and doc_index.path else None,
+        "run": run.name,
     })
 
     t = time.perf_counter()
     exported = ExportedStudent(student_dir)
-    encoders: dict[str, Any] = {}
-    if run.eval.evaluate_teacher:
-        encoders["teacher"] = lambda texts: client.encode_many(texts, role="query")
-    if student.asymmetric:
-        encoders["student"] = exported.encode_queries
-    if run.eval.evaluate_untrained and student.asymmetric:
-        untrained = DualEncoderStudent(run.student, teacher_dim=info["dim"])
-        encoders["untrained student"] = lambda texts: untrained.encode_queries(texts).numpy()
-    reports, query_emb = evaluate(run, dataset, doc_index, encoders)
-    own = None
-    if not student.asymmetric:  # a symmetric student searches its own index of the corpus
-        own = DocEmbeddings(list(dataset.doc_ids), exported.encode_documents(dataset.doc_texts, show_progress=show_progress))
-        student_reports, student_emb = evaluate(run, dataset, own, {"student": exported.encode_queries})
-        reports.update(student_reports)
-        query_emb.update(student_emb)
+    evaluation = evaluate_run_models(run, dataset, client, info, doc_index, student, exported, show_progress)
+    reports, query_emb = evaluation.reports, evaluation.query_embeddings
     agreement = None
     if "teacher" in query_emb:
+        own = evaluation.student_index
         agreement = run_agreement(run, info["similarity"], query_emb["teacher"],
                                   doc_index.emb if own is None else doc_index.lookup(own.ids), query_emb["student"],
                                   None if own is None else own.emb)
@@ -378,6 +468,7 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
 
     metrics = build_metrics(run, info, reports, student, timings, state)
     metrics["signals"] = signal_provenance(run, described, info, student.asymmetric)
+    metrics["eval"] = evaluation.description
     if agreement is not None:
         metrics["agreement"] = agreement.aggregate
         (run.run_dir / "agreement.json").write_text(json.dumps(_finite(agreement.per_query)))

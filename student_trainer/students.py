@@ -58,7 +58,9 @@ class StudentOutput:
 class DualEncoderStudent(nn.Module):
     """A small dual-encoder whose outputs live in the teacher's embedding space."""
 
-    def __init__(self, config: StudentConfig, teacher_dim: int) -> None:
+    def __init__(self, config: StudentConfig, teacher_dim: int | None) -> None:
+        """``teacher_dim`` is the teacher's embedding size; None for a teacher without embeddings
+        (a [CLS]-pooled cross-encoder gives scores only), in which case the student keeps its own."""
         super().__init__()
         self.config = config
         self.query_encoder = TextEncoder.from_pretrained(
@@ -71,8 +73,9 @@ class DualEncoderStudent(nn.Module):
             if name.startswith("pooler.") or (config.freeze_embeddings and name.startswith("embeddings.")):
                 param.requires_grad_(False)
         # Symmetric students share one encoder; asymmetric ones never encode documents.
-        self.teacher_dim = teacher_dim
         student_dim = self.query_encoder.dim
+        teacher_dim = student_dim if teacher_dim is None else teacher_dim
+        self.teacher_dim = teacher_dim
         if config.projection == "always" or (config.projection == "auto" and student_dim != teacher_dim):
             self.projection: nn.Module = nn.Linear(student_dim, teacher_dim)
             if student_dim == teacher_dim:

@@ -253,21 +253,42 @@ class TeacherClient:
                     in_flight: int = 4, progress: str | None = None) -> np.ndarray:
         """Embeddings of any number of texts: sent in chunks, a few in flight so the service's
         batcher always has work queued; ``progress`` names a tqdm bar (None: no bar)."""
+        starts = range(0, len(texts), chunk_size)
+        parts = self._pipelined([lambda i=i: self.submit_encode(texts[i : i + chunk_size], role, teacher=teacher) for i in starts],
+                                "embeddings", len(texts), in_flight, progress, "text")
+        return np.concatenate(parts) if parts else np.empty((0, 0), dtype=np.float32)
+
+    def score_many(self, queries: list[str], documents: list[str], teacher: str | None = None, chunk_size: int = 64,
+                   in_flight: int = 4, progress: str | None = None) -> np.ndarray:
+        """Scores ``[n]`` of any number of aligned (query, document) pairs, chunked like
+        :meth:`encode_many` (a cross-encoder re-ranking a candidate list, for instance)."""
+        if len(queries) != len(documents):
+            raise ValueError(f"{len(queries)} queries for {len(documents)} documents: pairs must align")
+        starts = range(0, len(queries), chunk_size)
+        parts = self._pipelined([lambda i=i: self.submit_score(queries[i : i + chunk_size], documents[i : i + chunk_size],
+                                                               "pairs", teacher) for i in starts],
+                                "scores", len(queries), in_flight, progress, "pair")
+        return np.concatenate(parts) if parts else np.empty(0, dtype=np.float32)
+
+    @staticmethod
+    def _pipelined(submits: list[Any], key: str, total: int, in_flight: int, progress: str | None,
+                   unit: str) -> list[np.ndarray]:
+        """Run ``submits`` (each sends one request) with at most ``in_flight`` unanswered, and
+        return each answer's ``key`` array in order."""
         from tqdm.auto import tqdm
 
-        chunks = [texts[i : i + chunk_size] for i in range(0, len(texts), chunk_size)]
         parts: list[np.ndarray] = []
         pending: list[ResultFuture] = []
-        with tqdm(total=len(texts), desc=progress, unit="text", disable=progress is None) as bar:
-            for chunk in chunks:
-                pending.append(self.submit_encode(chunk, role, teacher=teacher))
+        with tqdm(total=total, desc=progress, unit=unit, disable=progress is None) as bar:
+            for submit in submits:
+                pending.append(submit())
                 if len(pending) >= in_flight:
-                    parts.append(pending.pop(0).result()["embeddings"])
+                    parts.append(pending.pop(0).result()[key])
                     bar.update(len(parts[-1]))
             for future in pending:
-                parts.append(future.result()["embeddings"])
+                parts.append(future.result()[key])
                 bar.update(len(parts[-1]))
-        return np.concatenate(parts) if parts else np.empty((0, 0), dtype=np.float32)
+        return parts
 
     def score(self, queries: list[str], documents: list[str], mode: ScoreMode = "pairs", teacher: str | None = None) -> np.ndarray:
         """``[n]`` scores of aligned pairs, or the ``[nq, nd]`` matrix with ``mode="matrix"``."""

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from common.config import ConfigError, load_config
-from student_trainer.experiment import ExperimentConfig, ExperimentRow, collect_rows, run_experiment, selected
+from student_trainer.experiment import ExperimentConfig, ExperimentRow, collect_rows, render_markdown, run_experiment, selected
 
 
 def write_base(path: Path, tiny_bert_dir: Path, mini_beir: Path) -> Path:
@@ -38,6 +38,29 @@ def test_collect_rows_means_and_spreads_over_seeds():
     assert row["retained"]["mean"] == pytest.approx(0.7)
     assert row["train_s"]["mean"] == pytest.approx(101.5) and row["seeds"] == [1, 2]
     assert table["scifact"]["teacher"]["nDCG@10"] == 0.5
+
+
+def test_rows_with_different_teachers_keep_their_own_teacher():
+    """CE -> DE tables: each row distils its own teacher and is re-ranked like it; retained is per row."""
+    def metrics(teacher: str, t: float, ndcg: float) -> dict:
+        return {"run": teacher, "seed": 1, "steps": 10, "timings": {"train_s": 5.0}, "split": "test",
+                "teacher": {"name": teacher}, "eval": {"mode": "rerank", "candidates": "candidates.test.tsv"},
+                "metrics": {"teacher": {"nDCG@10": t, "MRR@10": t, "R@100": 1.0},
+                            "student": {"nDCG@10": ndcg, "MRR@10": ndcg, "R@100": 1.0},
+                            "student (retrieval)": {"nDCG@10": ndcg / 2, "MRR@10": 0.1, "R@100": 0.5}},
+                "retained": {"nDCG@10": ndcg / t}}
+
+    exp = ExperimentConfig(name="x", base=Path("b.yaml"), datasets=["wikiqa"], rows=[ExperimentRow(name="a"), ExperimentRow(name="b")])
+    table = collect_rows(exp, {("a", "wikiqa"): [metrics("ce-cls", 0.5, 0.4)], ("b", "wikiqa"): [metrics("ce-dual", 0.8, 0.4)]})
+    block = table["wikiqa"]
+    assert set(block["teachers"]) == {"ce-cls", "ce-dual"}
+    assert [e["teacher"] for e in block["rows"]] == ["ce-cls", "ce-dual"]
+    assert [e["retained"]["mean"] for e in block["rows"]] == pytest.approx([0.8, 0.5])
+    assert block["rows"][0]["retrieval nDCG@10"]["mean"] == pytest.approx(0.2)
+    md = render_markdown(exp, table, {"command": "c", "commit": "h", "date": "d", "machine": "m"})
+    assert "## wikiqa (test, re-ranking candidates.test.tsv)" in md
+    assert "| teacher ce-dual | ce-dual | 0.800 |" in md and "nDCG@10, full retrieval" in md
+    assert "| a | ce-cls | 0.400 | 0.400 | 1.000 | 0.800 | 0.200 | 10 | 5 |" in md
 
 
 def test_only_and_datasets_select_runs():

@@ -1,0 +1,136 @@
+"""Students distilled from teachers that score pairs: cross-encoders ([CLS]- and dual-pooled) and
+ColBERT (EmbedDistill Table 5, TCT-ColBERT). Such a teacher has no single-vector document index, so
+the run mines negatives with BM25, trains a symmetric student on the teacher's in-batch matrices
+(and, dual-pooled, its query proxies), and evaluates teacher and student on the same candidate
+lists. Real Serve app with tiny checkpoints in their on-disk layouts, real Ray Train, real FAISS."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from common.config import ConfigError
+from common.datasets import load_beir
+from common.evaluation import evaluate_pair_scorer, rerank_candidates
+from common.hybrid_retrieval import BM25Index
+from student_trainer.config import RunConfig
+from student_trainer.run import run_distillation
+from tiny_checkpoints import DUAL_META, save_colbert_checkpoint, save_cross_encoder
+
+APP = "pair-teachers"
+
+
+@pytest.fixture(scope="module")
+def pair_app(http_port: int, tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> str:
+    from teacher_service.app import deploy
+    from teacher_service.spec import ServiceConfig
+
+    root = tmp_path_factory.mktemp("pair-teachers")
+    common = {"ray_actor_options": {"num_cpus": 0.25}, "batch_wait_timeout_s": 0.02}
+    config = ServiceConfig.model_validate({"teachers": [
+        {"name": "ce-cls", "kind": "cross_encoder", "checkpoint": str(save_cross_encoder(root / "ce", minilm_dir)), **common},
+        {"name": "ce-dual", "kind": "cross_encoder",
+         "checkpoint": str(save_cross_encoder(root / "ce-dual", minilm_dir, seed=3, ce_meta=DUAL_META)), **common},
+        {"name": "colbert", "kind": "colbert", "checkpoint": str(save_colbert_checkpoint(root / "colbert", minilm_dir)), **common},
+    ]})
+    deploy(config, app_name=APP, route_prefix="/pair-teachers", http_options={"host": "127.0.0.1", "port": http_port})
+    return APP
+
+
+def pair_run(tmp_path: Path, tiny_bert_dir: Path, dataset: Path, teacher: str, **sections) -> RunConfig:
+    config = {
+        "name": teacher, "output_dir": str(tmp_path),
+        "teacher": {"teacher": teacher, "app_name": APP, "serve_config": None},
+        "student": {"model": str(tiny_bert_dir), "num_layers": 1, "asymmetric": False},
+        "data": {"dataset": str(dataset), "num_negatives": 1, "negatives": "bm25", "mine_top_k": 10, "mine_skip_top": 0},
+        "train": {"batch_size": 4, "num_workers": 1, "cpus_per_worker": 0.5, "report_every": 2, "checkpoint_every": 2,
+                  "max_steps": 2, "losses": {"in_batch_kl": {}}},
+        "eval": {"rerank_depth": 8},
+    }
+    for name, values in sections.items():
+        config[name] = {**config.get(name, {}), **values}
+    return RunConfig.model_validate(config)
+
+
+def replica_requests(teacher: str) -> int:
+    from ray import serve
+
+    return serve.get_deployment_handle(f"teacher-{teacher}", APP).stats.remote().result()["requests"]
+
+
+@pytest.mark.parametrize("teacher,losses", [
+    ("ce-cls", {"in_batch_kl": {}}),
+    ("ce-dual", {"in_batch_kl": {}, "query_embedding": {}}),  # the dual-pooled CE's query proxies
+    ("colbert", {"in_batch_kl": {}}),
+])
+def test_student_distilled_from_a_pair_scoring_teacher(pair_app, tiny_bert_dir, mini_beir, tmp_path, teacher, losses):
+    run = pair_run(tmp_path, tiny_bert_dir, mini_beir, teacher, train={"losses": losses})
+    before = replica_requests(teacher)
+    result = run_distillation(run, show_progress=False)
+    # every training batch was scored by the teacher (plus the re-ranking requests of the evaluation)
+    assert replica_requests(teacher) - before >= 2
+
+    # hard negatives come from BM25's top 10 of each query (no teacher index exists to mine from)
+    dataset = load_beir(mini_beir)
+    table = pq.read_table(result.run_dir / "data" / "train.parquet").to_pylist()
+    bm25 = BM25Index.from_dataset(dataset)
+    for row in table[:10]:
+        top = [d for d, _ in bm25.search([row["query"]], 10)[0]]
+        assert set(row["negative_ids"]) <= set(top), row["query_id"]
+
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert metrics["eval"] == {"mode": "rerank", "split": "test", "queries": 24, "candidates": "BM25 top 8"}
+    reports = metrics["metrics"]
+    assert set(reports) == {"teacher", "student", "student (retrieval)"}
+    # teacher and student re-ranked the same lists: recall at a depth beyond the lists is the lists' recall
+    assert reports["teacher"]["R@100"] == pytest.approx(reports["student"]["R@100"])
+    assert metrics["retained"]["nDCG@10"] == pytest.approx(reports["student"]["nDCG@10"] / reports["teacher"]["nDCG@10"])
+    assert metrics["signals"]["teachers"][0]["scores_from"] == "service (score matrix)"
+    if teacher == "ce-cls":  # scores only: the student keeps its own embedding size, no projection
+        assert metrics["student_parameters"]["projection"] == 0
+    if "query_embedding" in losses:
+        assert any("query_embedding" in h for h in result.history)
+    assert "re-rank the same candidates (BM25 top 8)" in (result.run_dir / "report.md").read_text()
+
+
+def test_pair_teacher_refuses_what_needs_a_document_index(pair_app, tiny_bert_dir, mini_beir, tmp_path):
+    run = pair_run(tmp_path, tiny_bert_dir, mini_beir, "ce-dual", student={"asymmetric": True},
+                   data={"negatives": "mined"}, eval={"mode": "retrieval"})
+    with pytest.raises(ConfigError) as err:
+        run_distillation(run, show_progress=False)
+    message = str(err.value)
+    for part in ("teacher 'ce-dual' is a cross_encoder", "set student.asymmetric: false", "use 'bm25' or 'random'",
+                 "eval.mode 'retrieval'"):
+        assert part in message
+    assert not (tmp_path / "ce-dual" / "data").exists()  # refused before any work
+
+
+def test_rerank_candidates_from_the_dataset_file_else_bm25(mini_beir, tmp_path):
+    folder = Path(shutil.copytree(mini_beir, tmp_path / "with-candidates"))
+    dataset = load_beir(mini_beir)
+    qids = dataset.split_query_ids("test")[:3]
+    relevant = {q: sorted(dataset.qrels("test")[q]) for q in qids}
+    others = [d for d in dataset.doc_ids if all(d not in r for r in relevant.values())][:4]
+    lines = [f"{q}\t{d}" for q in qids for d in [*others[:2], relevant[q][0], *others[2:]]]
+    (folder / "candidates.test.tsv").write_text("query-id\tcorpus-id\n" + "\n".join(lines) + "\n")
+    given = load_beir(folder)
+
+    candidates, source = rerank_candidates(given, "test", qids)
+    assert source == "candidates.test.tsv" and candidates[qids[0]] == [*others[:2], relevant[qids[0]][0], *others[2:]]
+    bm25_lists, source = rerank_candidates(dataset, "test", qids, depth=5)
+    assert source == "BM25 top 5" and all(0 < len(c) <= 5 for c in bm25_lists.values())
+
+    # a scorer that ranks each query's relevant document first, then one that ranks it second of five
+    text_of = {given.doc_texts[given.doc_index[d]]: d for d in given.doc_ids}
+    first = evaluate_pair_scorer(lambda qs, ds: np.array([float(text_of[d] in sum(relevant.values(), [])) for d in ds]),
+                                 given, "test", candidates, query_ids=qids)
+    assert first.mode == "rerank" and first.report.aggregate["MRR@10"] == pytest.approx(1.0)
+    order = {d: -i for i, d in enumerate([others[0], relevant[qids[0]][0]])}  # others[0] first, then the relevant one
+    second = evaluate_pair_scorer(lambda qs, ds: np.array([order.get(text_of[d], -10.0) for d in ds]),
+                                  given, "test", {qids[0]: candidates[qids[0]]}, query_ids=[qids[0]])
+    assert second.report.aggregate["MRR@10"] == pytest.approx(0.5)
