@@ -118,7 +118,7 @@ class Bench:
             "steps": self.args.steps, "answered_before_kill": kill["answered_before"] - start, "answered_after_restart": after,
             "answered_total": kill["answered_before"] - start + after, "trainer_requests_sent": history[-1]["teacher_requests"],
             "kill_after_answer_s": kill["kill_after_answer_s"], "restart_s": new["restart_s"],
-            "final_step": checkpoint_step(checkpoint, run, prepared["info"]["dim"]), "history_steps": [h["step"] for h in history],
+            "final_step": checkpoint_step(checkpoint, run, prepared["info"]), "history_steps": [h["step"] for h in history],
             "run_s": time.monotonic() - t0,
         }
         out["nothing_lost"] = out["answered_total"] == out["steps"] == out["final_step"]
@@ -193,7 +193,7 @@ class Bench:
             "resumed_from_step": self.args.steps - history[-1]["teacher_requests"],
             "answered_after_kill": replica_stats(app, TEACHER)["requests"] - answered_at_kill,
             "new_worker_s": new_worker_s, "next_checkpoint_after_kill_s": next_checkpoint_s,
-            "final_step": checkpoint_step(checkpoint, run, prepared["info"]["dim"]), "history_steps": [h["step"] for h in history],
+            "final_step": checkpoint_step(checkpoint, run, prepared["info"]), "history_steps": [h["step"] for h in history],
             "run_s": time.monotonic() - t0,
         }
         out["resumed_from_checkpoint"] = out["resumed_from_step"] >= committed["step"] > 0
@@ -241,7 +241,7 @@ def _first_line(exc: BaseException) -> str:
 def _load_step(path: Path, run: Any, prepared: dict[str, Any]) -> int:
     from ray.train import Checkpoint
 
-    return checkpoint_step(Checkpoint.from_directory(str(path)), run, prepared["info"]["dim"])
+    return checkpoint_step(Checkpoint.from_directory(str(path)), run, prepared["info"])
 
 
 def main() -> None:

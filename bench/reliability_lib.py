@@ -160,12 +160,11 @@ def start_training(run: Any, prepared: dict[str, Any]) -> Future:
     return job
 
 
-def checkpoint_step(checkpoint: Any, run: Any, teacher_dim: int) -> int:
+def checkpoint_step(checkpoint: Any, run: Any, teacher_info: dict[str, Any]) -> int:
     """The global step stored in a Ray Train checkpoint of ``run``."""
-    from student_trainer.students import DualEncoderStudent
-    from student_trainer.train_loop import load_checkpoint
+    from student_trainer.train_loop import build_student, load_checkpoint
 
-    return load_checkpoint(checkpoint, DualEncoderStudent(run.student, teacher_dim=teacher_dim))["global_step"]
+    return load_checkpoint(checkpoint, build_student(run, teacher_info))["global_step"]
 
 
 def percentile(values: list[float], q: float) -> float:

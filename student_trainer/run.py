@@ -45,7 +45,13 @@ from student_trainer.report import write_report
 from student_trainer.students import DualEncoderStudent
 from student_trainer.teacher_index import DocEmbeddings, teacher_doc_embeddings
 from student_trainer.teacher_signals import TeacherUnavailable
-from student_trainer.train_loop import CheckpointError, load_checkpoint, total_training_steps, train_loop_per_worker
+from student_trainer.train_loop import (
+    CheckpointError,
+    build_student,
+    load_checkpoint,
+    total_training_steps,
+    train_loop_per_worker,
+)
 from teacher_service.client import TeacherClient
 from teacher_service.errors import TeacherServiceError
 
@@ -182,6 +188,18 @@ def check_teacher_fits(run: RunConfig, info: dict[str, Any]) -> None:
         problems.append("agreement metrics compare single-vector rankings of the corpus: unset eval.agreement_every")
     if problems:
         raise ConfigError(f"{what}; " + "; ".join(problems))
+
+
+def check_losses_fit(run: RunConfig, info: dict[str, Any]) -> None:
+    """Refuse, before any work, a loss the teacher or the student cannot feed."""
+    if "joint_embedding" not in run.train.losses:
+        return
+    if "joint_embeddings" not in info["signals"]:
+        raise ConfigError(f"train.losses.joint_embedding matches a [CLS]-pooled cross-encoder's joint embeddings; teacher "
+                          f"'{info['name']}' ({info['kind']}) gives {', '.join(info['signals'])}")
+    if run.student.asymmetric:
+        raise ConfigError("train.losses.joint_embedding maps the student's query and document embeddings of a pair "
+                          "into the joint space: it needs a symmetric student (student.asymmetric: false)")
 
 
 def first_stage_rankings(run: RunConfig, dataset: BeirDataset, query_ids: list[str], client: TeacherClient,
@@ -418,6 +436,7 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
     client = connect_teacher(run.teacher)
     info = client.describe()
     check_teacher_fits(run, info)
+    check_losses_fit(run, info)
     timings["setup_s"] = time.perf_counter() - t0
 
     doc_index = None
@@ -444,7 +463,7 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
     checkpoint, history = train_student(run, info, examples, num_examples, doc_index, extra, show_progress, hooks)
     timings["train_s"] = time.perf_counter() - t
 
-    student = DualEncoderStudent(run.student, teacher_dim=info["dim"])
+    student = build_student(run, info)
     state = load_checkpoint(checkpoint, student)
     history = history or state.get("history", [])
     student_dir = export_sentence_transformers(student, run.run_dir / "student", {

@@ -53,14 +53,18 @@ class StudentOutput:
     query_embeddings: torch.Tensor  # [Bq, teacher_dim]
     document_embeddings: torch.Tensor | None  # [N, teacher_dim]; None when not computed
     scores: torch.Tensor | None  # [B, N] = score_scale * sim(q[:B], d)
+    joint_embeddings: torch.Tensor | None = None  # [B, joint_dim]: joint head over (query, its positive)
 
 
 class DualEncoderStudent(nn.Module):
     """A small dual-encoder whose outputs live in the teacher's embedding space."""
 
-    def __init__(self, config: StudentConfig, teacher_dim: int | None) -> None:
-        """``teacher_dim`` is the teacher's embedding size; None for a teacher without embeddings
-        (a [CLS]-pooled cross-encoder gives scores only), in which case the student keeps its own."""
+    def __init__(self, config: StudentConfig, teacher_dim: int | None, joint_dim: int | None = None) -> None:
+        """``teacher_dim`` is the teacher's embedding size; None for a teacher without query and
+        document embeddings (a [CLS]-pooled cross-encoder), in which case the student keeps its own.
+        ``joint_dim`` adds a training-only joint head for naive joint embedding matching
+        (``JointEmbeddingMatchingLoss``): a linear map of a (query, document) pair's two embeddings
+        into the cross-encoder's joint [CLS] space. It is never exported."""
         super().__init__()
         self.config = config
         self.query_encoder = TextEncoder.from_pretrained(
@@ -85,6 +89,7 @@ class DualEncoderStudent(nn.Module):
             if student_dim != teacher_dim:
                 raise ValueError(f"student dim {student_dim} != teacher dim {teacher_dim}: set projection to 'auto' or 'always'")
             self.projection = nn.Identity()
+        self.joint_head = nn.Linear(2 * teacher_dim, joint_dim) if joint_dim else None
         self._matrix, _ = similarity_fns(config.similarity)
 
     @property
@@ -119,7 +124,12 @@ class DualEncoderStudent(nn.Module):
         else:
             d = document_embeddings
         scores = None if d is None else self.score(q[:num_scored], d)
-        return StudentOutput(q, None if self.asymmetric else d, scores)
+        joint = None
+        if self.joint_head is not None and d is not None and not self.asymmetric:
+            # Each query's positive heads its group of N // B documents (DistillBatch's layout).
+            positives = d.reshape(num_scored, -1, d.shape[-1])[:, 0]  # fails loudly if N is not a multiple of B
+            joint = self.joint_head(torch.cat([q[:num_scored], positives], dim=-1))
+        return StudentOutput(q, None if self.asymmetric else d, scores, joint)
 
     @torch.inference_mode()
     def encode_queries(self, texts: list[str], batch_size: int = 256) -> "torch.Tensor":

@@ -21,6 +21,7 @@ from common.datasets import BeirDataset
 from common.model_registry import cache_dir
 from common.retrieval import DenseIndex, load_embeddings, save_embeddings
 from teacher_service.client import TeacherClient
+from teacher_service.spec import teacher_identity
 
 
 @dataclass
@@ -47,8 +48,7 @@ def cache_key(teacher_info: dict[str, Any], dataset: BeirDataset) -> str:
     """Hash of what determines the embeddings: the teacher's description (not its service name,
     so the same model served under another name shares the cache) and the corpus ids."""
     ids = "\n".join(dataset.doc_ids).encode()
-    described = {k: v for k, v in teacher_info.items() if k != "name"}
-    payload = json.dumps({"teacher": described, "dataset": dataset.name, "ids": hashlib.sha256(ids).hexdigest()}, sort_keys=True)
+    payload = json.dumps({"teacher": teacher_identity(teacher_info), "dataset": dataset.name, "ids": hashlib.sha256(ids).hexdigest()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

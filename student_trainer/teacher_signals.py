@@ -75,6 +75,7 @@ class TeacherSignals:
     query_embeddings: np.ndarray | None  # [B + extra, d], primary teacher
     document_embeddings: np.ndarray | None  # [N, d], primary teacher
     per_teacher: dict[str, np.ndarray] | None = None  # ensembles: each member's calibrated [B, N]
+    joint_embeddings: np.ndarray | None = None  # [B, d_j]: a [CLS]-pooled CE's (query, positive) [CLS] states
 
 
 @dataclass
@@ -114,11 +115,12 @@ class TeacherSignalSource:
 
     def __init__(self, client: TeacherClient, teacher: str, info: dict[str, Any], doc_index: DocEmbeddings | None,
                  want_query_embeddings: bool, timeout_s: float = 300.0,
-                 ensemble: list[TeacherMember] | None = None) -> None:
+                 ensemble: list[TeacherMember] | None = None, want_joint_embeddings: bool = False) -> None:
         self.client = client.with_teacher(teacher)
         self.info = info
         self.doc_index = doc_index
         self.want_query_embeddings = want_query_embeddings
+        self.want_joint_embeddings = want_joint_embeddings
         self.timeout_s = timeout_s
         self.members = ensemble or [TeacherMember(teacher, info, doc_index=doc_index)]
         if self.members[0].name != teacher:
@@ -159,15 +161,17 @@ class TeacherSignalSource:
             self._count(primary)
             return {"query": self.client.submit_encode(batch.all_queries, role="query")}
         futures = {"signals": self.client.submit_signals(batch.queries, batch.documents, mode="matrix",
-                                                          embeddings=self._teacher_has_pooled())}
+                                                          embeddings=self._wants_embeddings())}
         self._count(primary)
         if batch.extra_queries and self.want_query_embeddings:
             futures["extra"] = self.client.submit_encode(batch.extra_queries, role="query")
             self._count(primary)
         return futures
 
-    def _teacher_has_pooled(self) -> bool:
-        return bool({"pooled_embeddings", "proxy_embeddings"} & set(self.info["signals"]))
+    def _wants_embeddings(self) -> bool:
+        offered = set(self.info["signals"])
+        return bool({"pooled_embeddings", "proxy_embeddings"} & offered) or (
+            self.want_joint_embeddings and "joint_embeddings" in offered)
 
     def collect(self, pending: Pending) -> TeacherSignals:
         """Wait for a batch's signals, re-sending the request while the teacher is down."""
@@ -206,6 +210,7 @@ class TeacherSignalSource:
     def _assemble(self, batch: TrainBatch, results: dict[str, dict[str, np.ndarray]]) -> TeacherSignals:
         b = len(batch.queries)
         primary = self.members[0]
+        joint = None
         if self.local_matrix:
             q = results["query"]["embeddings"]
             d = self.doc_index.lookup(batch.doc_ids)
@@ -219,8 +224,9 @@ class TeacherSignalSource:
             if d is None and self.doc_index is not None:
                 d = self.doc_index.lookup(batch.doc_ids)
             scores = sig["scores"]
+            joint = sig.get("joint_embeddings")
         if not self.is_ensemble:
-            return TeacherSignals(primary.calibrated(scores), q, d)
+            return TeacherSignals(primary.calibrated(scores), q, d, joint_embeddings=joint)
         raw = {primary.name: scores}
         for m in self.members[1:]:
             out = results[f"member:{m.name}"]
@@ -228,7 +234,7 @@ class TeacherSignalSource:
                            else out["scores"])
         per_teacher = {m.name: m.calibrated(raw[m.name]) for m in self.members}
         target = combine([per_teacher[m.name] for m in self.members], [m.weight for m in self.members])
-        return TeacherSignals(target, q, d, per_teacher)
+        return TeacherSignals(target, q, d, per_teacher, joint)
 
     def score_candidates(self, queries: list[str], doc_ids: list[list[str]], documents: list[list[str]],
                          chunk: int = 64) -> list[np.ndarray]:

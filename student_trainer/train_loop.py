@@ -56,11 +56,21 @@ def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.float()
 
 
+def build_student(run: RunConfig, teacher_info: dict[str, Any]) -> DualEncoderStudent:
+    """The student as trained (and as its checkpoints hold it): with the training-only joint head
+    when the run matches a cross-encoder's joint embeddings."""
+    joint_dim = teacher_info.get("joint_dim") if "joint_embedding" in run.train.losses else None
+    return DualEncoderStudent(run.student, teacher_dim=teacher_info["dim"], joint_dim=joint_dim)
+
+
 def build_optimizer(student: DualEncoderStudent, run: RunConfig, total_steps: int):
     cfg = run.train
     groups = [
         {"params": [p for p in student.query_encoder.parameters() if p.requires_grad], "lr": cfg.lr},
         {"params": list(student.projection.parameters()), "lr": cfg.projection_lr or cfg.lr},
+        # The joint head (naive joint matching) is a new linear map, like the projection.
+        {"params": list(student.joint_head.parameters()) if student.joint_head is not None else [],
+         "lr": cfg.projection_lr or cfg.lr},
     ]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
     warmup = max(1, int(cfg.warmup_ratio * total_steps))
@@ -125,7 +135,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)  # same initial projection on every worker (DDP also broadcasts)
 
     teacher_info = loop_config["teacher_info"]
-    student = DualEncoderStudent(run.student, teacher_dim=teacher_info["dim"])
+    student = build_student(run, teacher_info)
     student.train()
     model = ray.train.torch.prepare_model(student)  # DDP wrapper; `student` stays the plain module
     total_steps = loop_config["total_steps"]
@@ -146,6 +156,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     client = TeacherClient.from_url(run.teacher.url) if run.teacher.url else TeacherClient.from_serve(run.teacher.app_name)
     source = TeacherSignalSource(client, run.teacher.teacher, teacher_info, doc_index,
                                  want_query_embeddings="query_embedding" in cfg.losses, timeout_s=run.teacher.timeout_s,
+                                 want_joint_embeddings="joint_embedding" in cfg.losses,
                                  ensemble=ensemble_members(run, teacher_info, loop_config.get("ensemble")))
     refresher = monitor = None
     if run.data.refresh.every is not None:
@@ -202,6 +213,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 teacher_query_emb=as_tensor(q_t) if q_t is not None else None,
                 student_doc_emb=_f32(out.document_embeddings) if doc_emb_t is not None else None,
                 teacher_doc_emb=doc_emb_t if out.document_embeddings is not None else None,
+                student_joint_emb=_f32(out.joint_embeddings),
+                teacher_joint_emb=as_tensor(signals.joint_embeddings) if signals.joint_embeddings is not None else None,
                 num_negatives=k,
             )
             loss = loss_fn(batch)

@@ -297,7 +297,8 @@ class TeacherClient:
     def signals(self, queries: list[str], documents: list[str], mode: ScoreMode = "matrix", embeddings: bool = True,
                 tokens: bool = False, teacher: str | None = None) -> Arrays:
         """Everything a training step needs in one round trip: ``scores`` and, if asked,
-        ``query_embeddings`` / ``document_embeddings`` (and token embeddings)."""
+        ``query_embeddings`` / ``document_embeddings`` (and token embeddings), or a [CLS]-pooled
+        cross-encoder's ``joint_embeddings``."""
         return self.submit_signals(queries, documents, mode, embeddings, tokens, teacher).result()
 
 

@@ -101,12 +101,7 @@ def run_pair_jobs(teacher: Teacher, jobs: list[PairJob]) -> list[PairOutput]:
     out, offset = [], 0
     for job in jobs:
         n = len(job.queries)
-        sl = slice(offset, offset + n)
-        out.append(PairOutput(
-            merged.scores[sl],
-            None if merged.query_proxy is None else merged.query_proxy[sl],
-            None if merged.document_proxy is None else merged.document_proxy[sl],
-        ))
+        out.append(merged.rows(slice(offset, offset + n)))
         offset += n
     return out
 
@@ -137,12 +132,7 @@ class BatchedPrimitives:
         pair_texts = [q + d for q, d in zip(queries, documents)]  # cost of a pair ~ both texts
         futures = [self._submit(self.replica.pairs_batch(PairJob(queries[a:b], documents[a:b])))
                    for a, b in chunk_by_tokens(pair_texts, budget)]
-        parts = [f.result() for f in futures]
-        return PairOutput(
-            np.concatenate([p.scores for p in parts]),
-            None if parts[0].query_proxy is None else np.concatenate([p.query_proxy for p in parts]),
-            None if parts[0].document_proxy is None else np.concatenate([p.document_proxy for p in parts]),
-        )
+        return PairOutput.concat([f.result() for f in futures])
 
 
 @serve.deployment(logging_config={"enable_access_log": False})

@@ -59,7 +59,10 @@ class SignalsRequest(_Request):
     queries: list[Text] = Field(min_length=1)
     documents: list[Text] = Field(min_length=1, description="In-batch documents, e.g. each query's positive then its negatives.")
     mode: ScoreMode = Field("matrix")
-    embeddings: bool = Field(True, description="Return query and document embeddings beside the scores.")
+    embeddings: bool = Field(True, description=(
+        "Return the teacher's embeddings beside the scores: query and document embeddings (dual-encoders, ColBERT, "
+        "a dual-pooled cross-encoder's proxies), or a [CLS]-pooled cross-encoder's joint [CLS] embeddings "
+        "('joint_embeddings': of each pair in mode 'pairs', of each query with its positive in mode 'matrix')."))
     tokens: bool = Field(False, description="Also return token embeddings (ColBERT teachers).")
 
 

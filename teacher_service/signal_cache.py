@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from teacher_service.kinds.base import EncodeCall, Encoded, PairOutput, Primitives
 from teacher_service.schemas import Role
-from teacher_service.spec import CacheConfig
+from teacher_service.spec import CacheConfig, teacher_identity
 
 # Python-side bookkeeping per entry (key bytes, tuple, OrderedDict node), counted against the budget
 # so a cache of many tiny entries cannot overshoot it.
@@ -53,8 +53,7 @@ class CacheEntry:
 def teacher_fingerprint(info: dict[str, Any], options: dict[str, Any]) -> str:
     """What fixes a teacher's encodings: its self-description (dtype included; not its service
     name, so the same model served under two names shares a disk tier) and its kind options."""
-    described = {k: v for k, v in info.items() if k != "name"}
-    payload = json.dumps({"teacher": described, "options": options}, sort_keys=True, default=str)
+    payload = json.dumps({"teacher": teacher_identity(info), "options": options}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -14,6 +14,17 @@ from common.config import StrictModel
 from teacher_service.schemas import ServiceLimits
 
 
+# TeacherInfo fields added after caches were first keyed on a teacher's description: left out
+# of the key while unset, so a teacher that does not use them keeps the caches it has.
+LATER_INFO_FIELDS = ("joint_dim",)
+
+
+def teacher_identity(info: dict[str, Any]) -> dict[str, Any]:
+    """The part of a teacher's self-description (``GET /v1/teachers``) that fixes its outputs: all
+    of it but its service name, so the same model served under two names shares its caches."""
+    return {k: v for k, v in info.items() if k != "name" and not (k in LATER_INFO_FIELDS and v is None)}
+
+
 class CacheConfig(StrictModel):
     """A teacher's signal cache (see :mod:`teacher_service.signal_cache`)."""
 

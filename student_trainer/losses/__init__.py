@@ -11,6 +11,8 @@ Config name -> class (what it needs from the batch besides student scores and la
 * ``query_embedding`` -> ``QueryEmbeddingMatchingLoss`` (student and teacher query embeddings)
 * ``document_embedding`` -> ``DocumentEmbeddingMatchingLoss`` (student and teacher document
   embeddings; symmetric students only)
+* ``joint_embedding`` -> ``JointEmbeddingMatchingLoss`` (a [CLS]-pooled cross-encoder's joint
+  embedding of each query with its positive, and the student's; symmetric students only)
 
 ``build_loss({"in_batch_kl": {"weight": 1.0}, "query_embedding": {"weight": 1.0}})`` combines them.
 The maths of each loss is a plain tensor function (``in_batch_kl``, ``margin_mse``, ...), exported too.
@@ -20,6 +22,7 @@ from student_trainer.losses.batch import SCOPES, DistillBatch, Scope
 from student_trainer.losses.combined import LOSSES, CombinedLoss, build_loss
 from student_trainer.losses.embedding_matching import (
     DocumentEmbeddingMatchingLoss,
+    JointEmbeddingMatchingLoss,
     QueryEmbeddingMatchingLoss,
     embedding_distance,
 )
@@ -35,6 +38,7 @@ __all__ = [
     "DistillBatch",
     "DocumentEmbeddingMatchingLoss",
     "InBatchKLLoss",
+    "JointEmbeddingMatchingLoss",
     "MarginMSELoss",
     "OneHotCrossEntropyLoss",
     "QueryEmbeddingMatchingLoss",

@@ -30,6 +30,10 @@ FIELD_SOURCES: dict[str, str] = {
                         "symmetric students encode documents (StudentConfig.asymmetric=False)"),
     "teacher_doc_emb": ("the teacher's pooled document embeddings (TeacherClient.signals(..., embeddings=True)"
                         "['document_embeddings']; needs a teacher that has pooled embeddings)"),
+    "student_joint_emb": ("the student's joint embedding of each query with its positive "
+                          "(StudentOutput.joint_embeddings); symmetric students with a joint head only"),
+    "teacher_joint_emb": ("a [CLS]-pooled cross-encoder's joint [CLS] embedding of each query with its positive "
+                          "(TeacherClient.signals(..., embeddings=True)['joint_embeddings'])"),
 }
 
 
@@ -52,6 +56,9 @@ class DistillBatch:
         student_doc_emb: ``[N, d_t]`` projected student document embeddings (symmetric students
             only), or None.
         teacher_doc_emb: ``[N, d_t]`` teacher document embeddings, or None.
+        student_joint_emb: ``[B, d_j]`` the student's joint embedding of each query with its
+            positive (a learned map of the pair's two embeddings), or None.
+        teacher_joint_emb: ``[B, d_j]`` a cross-encoder's joint [CLS] embedding of the same pairs, or None.
         num_negatives: negatives per query in the layout (``>= 0``).
 
     Example:
@@ -69,6 +76,8 @@ class DistillBatch:
     teacher_query_emb: Tensor | None = None
     student_doc_emb: Tensor | None = None
     teacher_doc_emb: Tensor | None = None
+    student_joint_emb: Tensor | None = None
+    teacher_joint_emb: Tensor | None = None
     num_negatives: int = 1
 
     def __post_init__(self) -> None:
@@ -107,6 +116,7 @@ class DistillBatch:
                              f"of student_scores {tuple(s.shape)}")
         self._check_embeddings("student_query_emb", "teacher_query_emb", rows=None, min_rows=B)
         self._check_embeddings("student_doc_emb", "teacher_doc_emb", rows=N, min_rows=None)
+        self._check_embeddings("student_joint_emb", "teacher_joint_emb", rows=B, min_rows=None, per="scored query")
 
     def _move_targets_to_student_device(self) -> None:
         # Teacher signals arrive as CPU tensors (from the service's numpy arrays) while the student may
@@ -115,20 +125,21 @@ class DistillBatch:
         self.labels = self.labels.to(device, non_blocking=True)
         if self.teacher_scores is not None:
             self.teacher_scores = self.teacher_scores.to(device, non_blocking=True)
-        for student, teacher in (("student_query_emb", "teacher_query_emb"), ("student_doc_emb", "teacher_doc_emb")):
+        for student, teacher in (("student_query_emb", "teacher_query_emb"), ("student_doc_emb", "teacher_doc_emb"),
+                                 ("student_joint_emb", "teacher_joint_emb")):
             s, t = getattr(self, student), getattr(self, teacher)
             if s is not None and t is not None:
                 setattr(self, teacher, t.to(s.device, non_blocking=True))
 
-    def _check_embeddings(self, student: str, teacher: str, rows: int | None, min_rows: int | None) -> None:
+    def _check_embeddings(self, student: str, teacher: str, rows: int | None, min_rows: int | None,
+                          per: str = "in-batch document") -> None:
         present = {name: getattr(self, name) for name in (student, teacher) if getattr(self, name) is not None}
         for name, emb in present.items():
             if emb.dim() != 2 or not emb.is_floating_point():
                 raise ValueError(f"DistillBatch.{name} must be a 2-D float tensor, got {emb.dtype} of shape "
                                  f"{tuple(emb.shape)}")
             if rows is not None and emb.shape[0] != rows:
-                raise ValueError(f"DistillBatch.{name} has {emb.shape[0]} rows, expected one per in-batch "
-                                 f"document ({rows})")
+                raise ValueError(f"DistillBatch.{name} has {emb.shape[0]} rows, expected one per {per} ({rows})")
             if min_rows is not None and emb.shape[0] < min_rows:
                 raise ValueError(f"DistillBatch.{name} has {emb.shape[0]} rows, expected at least one per scored "
                                  f"query ({min_rows})")

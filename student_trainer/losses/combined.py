@@ -11,7 +11,11 @@ import torch
 from torch import Tensor, nn
 
 from student_trainer.losses.batch import DistillBatch
-from student_trainer.losses.embedding_matching import DocumentEmbeddingMatchingLoss, QueryEmbeddingMatchingLoss
+from student_trainer.losses.embedding_matching import (
+    DocumentEmbeddingMatchingLoss,
+    JointEmbeddingMatchingLoss,
+    QueryEmbeddingMatchingLoss,
+)
 from student_trainer.losses.in_batch_kl import InBatchKLLoss
 from student_trainer.losses.margin_mse import MarginMSELoss
 from student_trainer.losses.onehot_ce import OneHotCrossEntropyLoss
@@ -26,6 +30,7 @@ LOSSES: dict[str, type[nn.Module]] = {
     "score_bce": ScoreBCELoss,
     "query_embedding": QueryEmbeddingMatchingLoss,
     "document_embedding": DocumentEmbeddingMatchingLoss,
+    "joint_embedding": JointEmbeddingMatchingLoss,
 }
 
 
@@ -109,7 +114,7 @@ def build_loss(config: Mapping[str, Mapping[str, Any]]) -> CombinedLoss:
     """A ``CombinedLoss`` from ``{loss_name: {"weight": float, **kwargs}}``.
 
     Names are the keys of ``LOSSES`` ("onehot", "in_batch_kl", "margin_mse", "score_mse",
-    "score_bce", "query_embedding", "document_embedding"); ``weight`` defaults to 1.0; the other
+    "score_bce", "query_embedding", "document_embedding", "joint_embedding"); ``weight`` defaults to 1.0; the other
     keys go to the loss's constructor. Unknown names or keyword arguments raise ValueError listing
     the allowed ones.
 

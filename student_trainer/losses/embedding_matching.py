@@ -120,3 +120,36 @@ class DocumentEmbeddingMatchingLoss(_EmbeddingMatchingLoss):
 
     student_field = "student_doc_emb"
     teacher_field = "teacher_doc_emb"
+
+
+class JointEmbeddingMatchingLoss(_EmbeddingMatchingLoss):
+    """Naive joint embedding matching for cross-encoder teachers (EmbedDistill §4.2, Table 5).
+
+    A [CLS]-pooled cross-encoder has no query or document embedding of its own, only the joint
+    embedding of a pair, ``emb_t(q, d) = Enc([CLS] q [SEP] d [SEP])[CLS]``. The naive way to match
+    it from a dual-encoder is to map the student's two embeddings of the same pair into its
+    space::
+
+        R_Emb,joint = (1/B) sum_i || emb_t(q_i, d_i+) - W [emb_s(q_i); emb_s(d_i+)] ||_2
+
+    over each query and its positive, with ``W`` a learned linear map (the student's
+    ``joint_head``; our reading of the paper's "joint matching", which it reports as hurting:
+    the joint embedding mixes both texts in a way no function of two separate embeddings
+    recovers, which is why EmbedDistill introduces dual-pooled cross-encoders).
+
+    Args:
+        normalize: L2-normalise both embeddings first.
+
+    Inputs (``DistillBatch``): ``student_joint_emb [B, d_j]``, ``teacher_joint_emb [B, d_j]``.
+
+    Example:
+        >>> emb = torch.randn(2, 8)
+        >>> batch = DistillBatch(student_scores=torch.randn(2, 4), labels=DistillBatch.layout_labels(2, 1),
+        ...                      student_joint_emb=emb, teacher_joint_emb=emb.clone())
+        >>> float(JointEmbeddingMatchingLoss()(batch))
+        0.0
+    """
+
+    student_field = "student_joint_emb"
+    teacher_field = "teacher_joint_emb"
+

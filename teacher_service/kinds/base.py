@@ -14,7 +14,7 @@ kind, so both paths run the same operation code and give the same numbers.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
@@ -25,7 +25,7 @@ from teacher_service.errors import UnsupportedSignal
 from teacher_service.schemas import AnyRequest, EncodeRequest, Role, ScoreRequest, SignalsRequest
 
 Arrays = dict[str, np.ndarray]
-Signal = Literal["scores", "pooled_embeddings", "token_embeddings", "proxy_embeddings"]
+Signal = Literal["scores", "pooled_embeddings", "token_embeddings", "proxy_embeddings", "joint_embeddings"]
 
 
 @dataclass
@@ -69,11 +69,22 @@ class Encoded:
 
 @dataclass
 class PairOutput:
-    """Scores of aligned (query, document) pairs, with the CE's proxy embeddings when it has them."""
+    """Scores of aligned (query, document) pairs, with the CE's embeddings of each pair: the
+    dual-pooled CE's query/document proxies, or a [CLS]-pooled CE's joint [CLS] embedding."""
 
     scores: np.ndarray  # [n]
     query_proxy: np.ndarray | None = None  # [n, dim]
     document_proxy: np.ndarray | None = None  # [n, dim]
+    joint: np.ndarray | None = None  # [n, hidden]
+
+    def rows(self, index: slice) -> PairOutput:
+        return PairOutput(**{f.name: None if (v := getattr(self, f.name)) is None else v[index] for f in fields(self)})
+
+    @staticmethod
+    def concat(parts: list[PairOutput]) -> PairOutput:
+        first = parts[0]
+        return PairOutput(**{f.name: None if getattr(first, f.name) is None else np.concatenate([getattr(p, f.name) for p in parts])
+                             for f in fields(first)})
 
 
 class TeacherInfo(BaseModel):
@@ -83,6 +94,7 @@ class TeacherInfo(BaseModel):
     kind: str
     checkpoint: str
     dim: int | None = Field(description="Pooled (or proxy) embedding dimension.")
+    joint_dim: int | None = Field(None, description="Joint [CLS] embedding dimension ([CLS]-pooled cross-encoders).")
     token_dim: int | None = Field(None, description="Token embedding dimension (ColBERT).")
     similarity: str = Field(description="How the teacher scores: dot, cosine, maxsim or cross-attention.")
     signals: list[str] = Field(description="Signals this teacher can return.")

@@ -2,7 +2,9 @@
 
 * **[CLS]-pooled CE** (EmbedDistill §2.1): ``s(q, d) = <w, Enc([CLS] q [SEP] d [SEP])[CLS]>``, i.e.
   the logit of a sentence-transformers ``CrossEncoder`` / HF ``AutoModelForSequenceClassification``
-  checkpoint with ``num_labels=1``. It gives scores only.
+  checkpoint with ``num_labels=1``. Besides scores it gives the pair's joint embedding, the final
+  [CLS] state the scoring head reads: what EmbedDistill's "naive joint matching" (§4.2, Table 5)
+  matches a dual-encoder student against.
 * **Dual-pooled CE** (EmbedDistill §4.2, App. B): two vectors are pooled from the same joint
   encoding, a query proxy ``emb_q<-(q,d)`` and a document proxy ``emb_d<-(q,d)``, and the score is
   ``score_scale * <emb_q, emb_d>``. Special-token pooling takes the final states of [CLS] (query)
@@ -17,6 +19,7 @@ Scoring an in-batch matrix costs ``B x N`` forward passes, so matrix requests ar
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Literal
 
@@ -117,10 +120,15 @@ class CrossEncoderTeacher(Teacher):
             if self.model.config.num_labels != 1:
                 raise ValueError(f"teacher '{name}': a [CLS]-pooled cross-encoder needs num_labels=1 (one relevance "
                                  f"logit), {model_dir} has {self.model.config.num_labels}")
+            # The joint embedding is the encoder's final [CLS] state, the one the scoring head reads;
+            # a hook keeps that one view (output_hidden_states would keep every layer's states).
+            self._cls_state = threading.local()
+            self.model.base_model.register_forward_hook(self._keep_cls_state)
         self.model.to(self.device).eval()
         limit = self.tokenizer.model_max_length
         self.max_length = options.max_length or (limit if limit and limit <= DEFAULT_MAX_LENGTH else DEFAULT_MAX_LENGTH)
         self.dim = int(self.model.config.hidden_size) if self.dual else None
+        self.joint_dim = None if self.dual else int(self.model.config.hidden_size)
 
     @property
     def dual(self) -> bool:
@@ -128,11 +136,11 @@ class CrossEncoderTeacher(Teacher):
 
     @property
     def signals_offered(self) -> tuple[str, ...]:  # type: ignore[override]
-        return ("scores", "proxy_embeddings") if self.dual else ("scores",)
+        return ("scores", "proxy_embeddings") if self.dual else ("scores", "joint_embeddings")
 
     def _info(self) -> TeacherInfo:
         return TeacherInfo(
-            name=self.name, kind=self.kind, checkpoint=self.checkpoint, dim=self.dim,
+            name=self.name, kind=self.kind, checkpoint=self.checkpoint, dim=self.dim, joint_dim=self.joint_dim,
             similarity="cross-attention", signals=list(self.signals_offered),
             max_query_length=self.max_length, max_document_length=self.max_length,
             matrix_cost="B x N forward passes over (query, document) pairs",
@@ -142,7 +150,8 @@ class CrossEncoderTeacher(Teacher):
     # --- primitive -----------------------------------------------------------------------------
     @torch.inference_mode()
     def forward_pairs(self, queries: list[str], documents: list[str]) -> PairOutput:
-        """Scores ``[n]`` of aligned pairs (and proxies ``[n, dim]`` when dual-pooled).
+        """Scores ``[n]`` of aligned pairs, with the proxies ``[n, dim]`` (dual-pooled) or the joint
+        [CLS] embeddings ``[n, hidden]`` ([CLS]-pooled).
 
         Pairs are tokenised once, then run in length-sorted batches capped by padded tokens.
         """
@@ -152,17 +161,22 @@ class CrossEncoderTeacher(Teacher):
         scores = np.empty(n, dtype=np.float32)
         q_proxy = np.empty((n, self.dim), dtype=np.float32) if self.dual else None
         d_proxy = np.empty((n, self.dim), dtype=np.float32) if self.dual else None
+        joint = None if self.dual else np.empty((n, self.joint_dim), dtype=np.float32)
         for index in plan_batches([len(x) for x in enc["input_ids"]], self.token_budget, max_batch_size=max(1, n)):
             batch = self.tokenizer.pad({key: [enc[key][i] for i in index] for key in enc.keys()}, return_tensors="pt")
             batch = {key: value.to(self.device) for key, value in batch.items()}
             if not self.dual:
                 scores[index] = self.model(**batch).logits[:, 0].float().cpu().numpy()
+                joint[index] = self._cls_state.value.float().cpu().numpy()
                 continue
             emb_q, emb_d = self._dual_pool(batch)
             scores[index] = (self.score_scale * (emb_q * emb_d).sum(-1)).float().cpu().numpy()
             q_proxy[index] = emb_q.float().cpu().numpy()
             d_proxy[index] = emb_d.float().cpu().numpy()
-        return PairOutput(scores, q_proxy, d_proxy)
+        return PairOutput(scores, q_proxy, d_proxy, joint)
+
+    def _keep_cls_state(self, module: torch.nn.Module, args: tuple, output: tuple) -> None:
+        self._cls_state.value = output[0][:, 0]  # per thread: a batch's own forward pass sets it
 
     def _dual_pool(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Query and document proxies ``[n, dim]`` from one joint encoding (EmbedDistill App. B)."""
@@ -206,6 +220,10 @@ class CrossEncoderTeacher(Teacher):
     def op_signals(self, req: SignalsRequest, prims: Primitives) -> Arrays:
         """Scores, plus the dual-pooled proxies as ``query_embeddings`` / ``document_embeddings``.
 
+        A [CLS]-pooled CE returns ``joint_embeddings`` instead, taken from the same pairs as the
+        query proxies: the final [CLS] state of pair ``i`` (mode 'pairs'), or of (query ``i``, its
+        positive) (mode 'matrix').
+
         A proxy depends on the pair it was pooled from, so each text's embedding is taken from one
         designated pair, at no extra cost:
 
@@ -218,18 +236,20 @@ class CrossEncoderTeacher(Teacher):
         """
         if req.tokens:
             raise self.unsupported("token embeddings")
-        if req.embeddings and not self.dual:
-            raise self.unsupported("embeddings (query/document proxies need a dual-pooled CE: pooling special_token "
-                                   "or segment_mean); ask for embeddings=false")
         out = self._pair_output(req, prims)
         result = {"scores": self._scores(out, req)}
         if not req.embeddings:
             return result
-        if req.mode == "pairs":
-            result["query_embeddings"], result["document_embeddings"] = out.query_proxy, out.document_proxy
-            return result
         nd = len(req.documents)
-        starts, owner = matrix_groups(len(req.queries), nd)
-        result["query_embeddings"] = out.query_proxy[np.arange(len(req.queries)) * nd + starts]
-        result["document_embeddings"] = out.document_proxy[owner * nd + np.arange(nd)]
+        if req.mode == "pairs":
+            query_rows = document_rows = np.arange(nd)
+        else:
+            starts, owner = matrix_groups(len(req.queries), nd)
+            query_rows = np.arange(len(req.queries)) * nd + starts
+            document_rows = owner * nd + np.arange(nd)
+        if not self.dual:
+            result["joint_embeddings"] = out.joint[query_rows]
+            return result
+        result["query_embeddings"] = out.query_proxy[query_rows]
+        result["document_embeddings"] = out.document_proxy[document_rows]
         return result

@@ -101,7 +101,7 @@ def worker_killed_run(faults_app, tiny_bert_dir, mini_beir, tmp_path_factory) ->
 def test_train_worker_killed_mid_run_resumes_from_its_last_checkpoint(worker_killed_run):
     out = worker_killed_run
     assert out["workers"] == 1
-    assert checkpoint_step(out["checkpoint"], out["run"], out["prepared"]["info"]["dim"]) == STEPS
+    assert checkpoint_step(out["checkpoint"], out["run"], out["prepared"]["info"]) == STEPS
     assert [h["step"] for h in out["history"]] == list(range(2, STEPS + 1, 2))  # the restored history, continued
     # The restarted worker asked the teacher once per step it trained: the steps after the
     # checkpoint it resumed from (a restart from 0 would have asked for all of them).

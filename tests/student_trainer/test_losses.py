@@ -19,6 +19,7 @@ from student_trainer.losses import (
     DistillBatch,
     DocumentEmbeddingMatchingLoss,
     InBatchKLLoss,
+    JointEmbeddingMatchingLoss,
     MarginMSELoss,
     OneHotCrossEntropyLoss,
     QueryEmbeddingMatchingLoss,
@@ -62,6 +63,8 @@ def make_batch(seed: int = 0, b: int = B, k: int = K, bq: int | None = None, **o
         "teacher_query_emb": torch.randn(bq, DIM, generator=gen),
         "student_doc_emb": torch.randn(n, DIM, generator=gen),
         "teacher_doc_emb": torch.randn(n, DIM, generator=gen),
+        "student_joint_emb": torch.randn(b, DIM + 1, generator=gen),
+        "teacher_joint_emb": torch.randn(b, DIM + 1, generator=gen),
         "labels": DistillBatch.layout_labels(b, k),
         "num_negatives": k,
     }
@@ -216,6 +219,8 @@ def test_embedding_matching_matches_hand_computation(normalize):
           ref_embedding(rows(batch.student_query_emb), rows(batch.teacher_query_emb), normalize))
     close(DocumentEmbeddingMatchingLoss(normalize=normalize)(batch),
           ref_embedding(rows(batch.student_doc_emb), rows(batch.teacher_doc_emb), normalize))
+    close(JointEmbeddingMatchingLoss(normalize=normalize)(batch),
+          ref_embedding(rows(batch.student_joint_emb), rows(batch.teacher_joint_emb), normalize))
 
 
 def test_embedding_distance_is_not_squared():
@@ -259,13 +264,15 @@ def _aligned_and_shuffled() -> tuple[DistillBatch, DistillBatch]:
     """A batch whose student agrees with the teacher (and labels), and one where it does not."""
     base = make_batch(seed=21)
     teacher = base.teacher_scores
-    common = {"teacher_query_emb": base.teacher_query_emb, "teacher_doc_emb": base.teacher_doc_emb}
+    common = {"teacher_query_emb": base.teacher_query_emb, "teacher_doc_emb": base.teacher_doc_emb,
+              "teacher_joint_emb": base.teacher_joint_emb}
     good = make_batch(seed=21, student_scores=teacher.clone(), student_query_emb=base.teacher_query_emb.clone(),
-                      student_doc_emb=base.teacher_doc_emb.clone(), **common)
+                      student_doc_emb=base.teacher_doc_emb.clone(), student_joint_emb=base.teacher_joint_emb.clone(), **common)
     # Rolling moves every positive's score onto a negative, and every embedding onto another row.
     bad = make_batch(seed=21, student_scores=teacher.roll(1, dims=1),
                      student_query_emb=base.teacher_query_emb.roll(1, dims=0),
-                     student_doc_emb=base.teacher_doc_emb.roll(1, dims=0), **common)
+                     student_doc_emb=base.teacher_doc_emb.roll(1, dims=0),
+                     student_joint_emb=base.teacher_joint_emb.roll(1, dims=0), **common)
     return good, bad
 
 
@@ -327,8 +334,8 @@ def test_in_batch_scope_uses_other_queries_documents(loss):
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_gradients_reach_student_tensors_only(name):
     batch = make_batch(seed=27)
-    student_fields = ["student_scores", "student_query_emb", "student_doc_emb"]
-    teacher_fields = ["teacher_scores", "teacher_query_emb", "teacher_doc_emb"]
+    student_fields = ["student_scores", "student_query_emb", "student_doc_emb", "student_joint_emb"]
+    teacher_fields = ["teacher_scores", "teacher_query_emb", "teacher_doc_emb", "teacher_joint_emb"]
     for field in student_fields + teacher_fields:
         getattr(batch, field).requires_grad_(True)
     loss = LOSSES[name]()(batch)
@@ -405,6 +412,8 @@ def test_build_loss_names_what_is_allowed():
     (QueryEmbeddingMatchingLoss(), "student_query_emb", "StudentOutput.query_embeddings"),
     (DocumentEmbeddingMatchingLoss(), "student_doc_emb", "asymmetric=False"),
     (DocumentEmbeddingMatchingLoss(), "teacher_doc_emb", "embeddings=True"),
+    (JointEmbeddingMatchingLoss(), "teacher_joint_emb", "['joint_embeddings']"),
+    (JointEmbeddingMatchingLoss(), "student_joint_emb", "joint head"),
 ], ids=lambda x: x if isinstance(x, str) else type(x).__name__)
 def test_missing_field_names_the_field_and_its_source(loss, field, hint):
     batch = make_batch(**{field: None})
@@ -422,6 +431,7 @@ def test_missing_field_names_the_field_and_its_source(loss, field, hint):
     ({"labels": torch.tensor([0, 3])}, r"labels must be a long tensor of shape \(3,\)"),
     ({"student_query_emb": torch.zeros(B, DIM + 1)}, r"must have the same shape; project the student embeddings"),
     ({"student_doc_emb": torch.zeros(N - 1, DIM)}, r"student_doc_emb has 8 rows, expected one per in-batch document"),
+    ({"student_joint_emb": torch.zeros(B + 1, DIM + 1)}, r"student_joint_emb has 4 rows, expected one per scored query \(3\)"),
     ({"student_query_emb": torch.zeros(B - 1, DIM), "teacher_query_emb": None}, r"at least one per scored query"),
     ({"student_scores": torch.zeros(B, N, dtype=torch.long)}, r"must be a 2-D float tensor \[B, N\]"),
     ({"num_negatives": -1}, r"num_negatives must be an int >= 0"),
@@ -458,6 +468,6 @@ def test_every_loss_reports_its_hyper_parameters():
 def test_cpu_teacher_signals_meet_a_gpu_student():
     cpu = make_batch(seed=31)
     gpu = make_batch(seed=31, student_scores=cpu.student_scores.cuda(), student_query_emb=cpu.student_query_emb.cuda(),
-                     student_doc_emb=cpu.student_doc_emb.cuda())
+                     student_doc_emb=cpu.student_doc_emb.cuda(), student_joint_emb=cpu.student_joint_emb.cuda())
     loss = build_loss({name: {} for name in LOSSES})
     close(loss(gpu).cpu(), float(loss(cpu)))

@@ -1,8 +1,8 @@
 """Students distilled from teachers that score pairs: cross-encoders ([CLS]- and dual-pooled) and
 ColBERT (EmbedDistill Table 5, TCT-ColBERT). Such a teacher has no single-vector document index, so
 the run mines negatives with BM25, trains a symmetric student on the teacher's in-batch matrices
-(and, dual-pooled, its query proxies), and evaluates teacher and student on the same candidate
-lists. Real Serve app with tiny checkpoints in their on-disk layouts, real Ray Train, real FAISS."""
+(plus, [CLS]-pooled, naive joint matching on its [CLS] states, or, dual-pooled, query embedding
+matching on its query proxies), and evaluates teacher and student on the same candidate lists. Real Serve app with tiny checkpoints in their on-disk layouts, real Ray Train, real FAISS."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def replica_requests(teacher: str) -> int:
 
 
 @pytest.mark.parametrize("teacher,losses", [
-    ("ce-cls", {"in_batch_kl": {}}),
+    ("ce-cls", {"in_batch_kl": {}, "joint_embedding": {}}),  # + naive joint matching on its [CLS] states
     ("ce-dual", {"in_batch_kl": {}, "query_embedding": {}}),  # the dual-pooled CE's query proxies
     ("colbert", {"in_batch_kl": {}}),
 ])
@@ -91,10 +91,10 @@ def test_student_distilled_from_a_pair_scoring_teacher(pair_app, tiny_bert_dir, 
     assert reports["teacher"]["R@100"] == pytest.approx(reports["student"]["R@100"])
     assert metrics["retained"]["nDCG@10"] == pytest.approx(reports["student"]["nDCG@10"] / reports["teacher"]["nDCG@10"])
     assert metrics["signals"]["teachers"][0]["scores_from"] == "service (score matrix)"
-    if teacher == "ce-cls":  # scores only: the student keeps its own embedding size, no projection
+    if teacher == "ce-cls":  # no query/document embeddings: the student keeps its own size, no projection
         assert metrics["student_parameters"]["projection"] == 0
-    if "query_embedding" in losses:
-        assert any("query_embedding" in h for h in result.history)
+    for term in set(losses) - {"in_batch_kl"}:  # the embedding-matching terms were fed and logged
+        assert any(h.get(term, 0) > 0 for h in result.history), term
     assert "re-rank the same candidates (BM25 top 8)" in (result.run_dir / "report.md").read_text()
 
 
@@ -108,6 +108,10 @@ def test_pair_teacher_refuses_what_needs_a_document_index(pair_app, tiny_bert_di
                  "eval.mode 'retrieval'"):
         assert part in message
     assert not (tmp_path / "ce-dual" / "data").exists()  # refused before any work
+
+    joint = pair_run(tmp_path, tiny_bert_dir, mini_beir, "ce-dual", train={"losses": {"joint_embedding": {}}})
+    with pytest.raises(ConfigError, match="joint_embedding matches a \\[CLS\\]-pooled cross-encoder's joint embeddings"):
+        run_distillation(joint, show_progress=False)
 
 
 def test_rerank_candidates_from_the_dataset_file_else_bm25(mini_beir, tmp_path):

@@ -166,7 +166,9 @@ def test_teachers_describe_themselves(http_client, handle_client):
     assert "MaxSim" in colbert["matrix_cost"]
     assert infos["colbert-minilm"]["token_dim"] == 384  # zero-shot: raw MiniLM token states
     ce, dual = infos["ce"], infos["ce-dual"]
-    assert (ce["kind"], ce["similarity"], ce["dim"], ce["signals"]) == ("cross_encoder", "cross-attention", None, ["scores"])
+    assert (ce["kind"], ce["similarity"], ce["dim"], ce["signals"]) == ("cross_encoder", "cross-attention", None,
+                                                                        ["scores", "joint_embeddings"])
+    assert (ce["joint_dim"], dual["joint_dim"]) == (32, None)
     assert ce["matrix_cost"] == "B x N forward passes over (query, document) pairs" and ce["max_matrix_pairs"] == 12
     assert (dual["dim"], dual["signals"], dual["max_matrix_pairs"]) == (32, ["scores", "proxy_embeddings"], 4096)
     assert handle_client.teachers() == http_client.teachers()
@@ -207,6 +209,25 @@ def test_ce_scores_match_direct_logits(handle_client, checkpoints):
     matrix = handle_client.score(QUERIES, DOCS[:4], mode="matrix", teacher="ce")  # 12 pairs: at the limit
     assert matrix.shape == (3, 4)
     np.testing.assert_allclose(np.diag(matrix[:, :3]), got, rtol=1e-5, atol=1e-5)
+
+
+def test_cls_ce_joint_embeddings_are_the_pairs_final_cls_states(handle_client, http_client, checkpoints):
+    """The [CLS]-pooled CE's joint embeddings (EmbedDistill's naive joint matching target): per pair
+    in mode 'pairs', from (query i, its positive) in the batch layout of mode 'matrix'."""
+    tok = AutoTokenizer.from_pretrained(checkpoints["ce"])
+    model = AutoModelForSequenceClassification.from_pretrained(checkpoints["ce"]).eval()
+
+    def cls_state(q: str, d: str) -> np.ndarray:
+        with torch.no_grad():
+            return model(**tok(q, d, return_tensors="pt"), output_hidden_states=True).hidden_states[-1][0, 0].numpy()
+
+    pairs = handle_client.signals(QUERIES, DOCS[:3], mode="pairs", teacher="ce")
+    assert set(pairs) == {"scores", "joint_embeddings"} and pairs["joint_embeddings"].shape == (3, 32)
+    np.testing.assert_allclose(pairs["joint_embeddings"], [cls_state(q, d) for q, d in zip(QUERIES, DOCS)], rtol=1e-4, atol=1e-5)
+    # matrix over 2 queries x 4 documents: query i's group starts at document 2 * i (its positive)
+    matrix = http_client.signals(QUERIES[:2], DOCS[:4], mode="matrix", teacher="ce")
+    np.testing.assert_allclose(matrix["joint_embeddings"], [cls_state(QUERIES[0], DOCS[0]), cls_state(QUERIES[1], DOCS[2])],
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_dual_pooled_scores_and_proxies(handle_client, checkpoints):
@@ -274,9 +295,10 @@ def test_ce_refusals(kinds_app, handle_client):
     with pytest.raises(RequestTooLarge, match="max_matrix_pairs"):
         handle_client.score(QUERIES, DOCS, mode="matrix", teacher="ce")
 
-    resp = requests.post(url + "/v1/signals", json={"teacher": "ce", "queries": QUERIES[:1], "documents": DOCS[:1]}, timeout=30)
+    resp = requests.post(url + "/v1/signals", json={"teacher": "ce", "queries": QUERIES[:1], "documents": DOCS[:1],
+                                                    "tokens": True}, timeout=30)
     assert resp.status_code == 422 and resp.json()["error"]["code"] == "unsupported_signal"
-    assert "it gives: scores" in resp.json()["error"]["message"]
+    assert "it gives: scores, joint_embeddings" in resp.json()["error"]["message"]
     with pytest.raises(UnsupportedSignal, match="proxy_embeddings"):
         handle_client.submit_encode(["a"], teacher="ce-dual").result()
     ok = handle_client.signals(QUERIES[:1], DOCS[:2], embeddings=False, teacher="ce")
