@@ -26,7 +26,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from common.config import ConfigError, StrictModel, load_config
+from common.provenance import code_commit
 from student_trainer.config import RunConfig, load_run_config
 
 TABLE_METRICS = ("nDCG@10", "MRR@10", "R@100")
@@ -139,6 +139,7 @@ def collect_rows(experiment: ExperimentConfig, results: dict[tuple[str, str], li
             entry["train_s"] = summarise([m["timings"]["train_s"] for m in ms])
             entry["steps"] = ms[0]["steps"]
             entry["runs"] = [m["run"] for m in ms]
+            entry["commits"] = sorted({m.get("commit", "not recorded") for m in ms})
             entries.append(entry)
         if not entries:
             continue  # a dataset none of the selected rows ran on
@@ -158,14 +159,7 @@ def _teacher_name(metrics: dict[str, Any]) -> str:
 
 
 def provenance(argv: list[str]) -> dict[str, str]:
-    def git(*args: str) -> str:
-        try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            return "unknown"
-
-    dirty = git("status", "--porcelain", "--untracked-files=no")
-    return {"command": "tightdistill experiment " + shlex.join(argv), "commit": git("rev-parse", "HEAD") + (" (dirty tree)" if dirty else ""),
+    return {"command": "tightdistill experiment " + shlex.join(argv), "commit": code_commit(),
             "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
             f"{os.cpu_count()} cores, Python {platform.python_version()}"}
 
@@ -202,6 +196,13 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
             cells += ([_cell(e.get("retrieval nDCG@10"))] if retrieval else []) + [str(e["steps"]), _cell(e["train_s"], 0)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    commits: dict[str, list[str]] = {}
+    for block in table.values():
+        for e in block["rows"]:
+            for commit in e.get("commits", []):
+                commits.setdefault(commit, []).append(e["row"])
+    if len(commits) > 1:  # rows reused from earlier commands: say which code trained which
+        lines += ["Trained at: " + "; ".join(f"`{c[:12]}` ({', '.join(dict.fromkeys(rows))})" for c, rows in commits.items()), ""]
     lines.append("Mean ± sample standard deviation over seeds where a row ran with more than one.")
     return "\n".join(lines) + "\n"
 

@@ -33,6 +33,7 @@ from common.datasets import BeirDataset, load_beir, write_parquet
 from common.agreement import query_cosines
 from common.evaluation import eval_query_ids, evaluate_encoder, evaluate_pair_scorer, rerank_candidates
 from common.metrics import MetricReport
+from common.provenance import code_commit
 from common.ray_runtime import init_ray
 from student_trainer.agreement_monitor import run_agreement
 from student_trainer.config import RunConfig, TeacherRef, load_run_config
@@ -513,6 +514,7 @@ def build_metrics(run: RunConfig, info: dict[str, Any], reports: dict[str, Metri
         "student_parameters": counts,
         "steps": state.get("global_step"),
         "timings": timings,
+        "commit": code_commit(),
     }
     if "teacher" in reports:
         teacher = reports["teacher"].aggregate

@@ -85,6 +85,7 @@ def test_student_distilled_from_a_pair_scoring_teacher(pair_app, tiny_bert_dir, 
 
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert metrics["eval"] == {"mode": "rerank", "split": "test", "queries": 24, "candidates": "BM25 top 8"}
+    assert len(metrics["commit"]) >= 7  # the code that trained it (this checkout's HEAD)
     reports = metrics["metrics"]
     assert set(reports) == {"teacher", "student", "student (retrieval)"}
     # teacher and student re-ranked the same lists: recall at a depth beyond the lists is the lists' recall
