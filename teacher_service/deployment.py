@@ -61,20 +61,32 @@ def job_tokens(jobs: list[EncodeJob | PairJob]) -> int:
     return sum(job.tokens for job in jobs)
 
 
-def chunk_by_tokens(texts: list[str], budget: int) -> list[tuple[int, int]]:
-    """Split ``texts`` into ``[start, stop)`` ranges of at most ``budget`` estimated tokens each.
+def chunk_by_tokens(costs: list[int], budget: int) -> list[tuple[int, int]]:
+    """Split items of estimated token ``costs`` into ``[start, stop)`` ranges costing at most
+    ``budget`` each (an item over the budget on its own gets a range of its own).
 
-    An oversized client request is served in budget-sized pieces rather than refused.
+    An oversized client request is served in budget-sized pieces rather than refused. The costs
+    must be the ones the job's ``tokens`` sums, or a piece can exceed the batcher's budget.
     """
     ranges, start, used = [], 0, 0
-    for i, text in enumerate(texts):
-        cost = estimate_tokens([text])
+    for i, cost in enumerate(costs):
         if i > start and used + cost > budget:
             ranges.append((start, i))
             start, used = i, 0
         used += cost
-    ranges.append((start, len(texts)))
+    ranges.append((start, len(costs)))
     return ranges
+
+
+def text_costs(texts: list[str]) -> list[int]:
+    """Each text's estimated tokens, as :class:`EncodeJob` counts them."""
+    return [estimate_tokens([t]) for t in texts]
+
+
+def pair_costs(queries: list[str], documents: list[str]) -> list[int]:
+    """Each pair's estimated tokens, as :class:`PairJob` counts them: query and document each
+    capped at a model's length on their own (not their concatenation, which would undercount)."""
+    return [a + b for a, b in zip(text_costs(queries), text_costs(documents))]
 
 
 def run_encode_jobs(teacher: Teacher, jobs: list[EncodeJob]) -> list[Encoded]:
@@ -123,15 +135,14 @@ class BatchedPrimitives:
         budget = self.replica.spec.batch_max_tokens
         # Queue every chunk of every call before waiting on any.
         futures = [[self._submit(self.replica.encode_batch(EncodeJob(texts[a:b], role, with_tokens)))
-                    for a, b in chunk_by_tokens(texts, budget)]
+                    for a, b in chunk_by_tokens(text_costs(texts), budget)]
                    for texts, role, with_tokens in calls]
         return [Encoded.concat([f.result() for f in chunks]) for chunks in futures]
 
     def forward_pairs(self, queries: list[str], documents: list[str]) -> PairOutput:
         budget = self.replica.spec.batch_max_tokens
-        pair_texts = [q + d for q, d in zip(queries, documents)]  # cost of a pair ~ both texts
         futures = [self._submit(self.replica.pairs_batch(PairJob(queries[a:b], documents[a:b])))
-                   for a, b in chunk_by_tokens(pair_texts, budget)]
+                   for a, b in chunk_by_tokens(pair_costs(queries, documents), budget)]
         return PairOutput.concat([f.result() for f in futures])
 
 

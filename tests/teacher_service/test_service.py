@@ -94,10 +94,15 @@ def test_concurrent_requests_are_batched_and_equal_unbatched(handle_client, loca
 
 
 def test_oversized_request_is_split_not_refused(teacher_app, local_teachers):
-    from teacher_service.deployment import chunk_by_tokens
+    from teacher_service.deployment import PairJob, chunk_by_tokens, pair_costs, text_costs
 
     texts = [DOCS[i % len(DOCS)] * 20 for i in range(40)]  # ~40 x 300 tokens, over a 1024-token batch budget
-    assert len(chunk_by_tokens(texts, 1024)) > 1
+    assert len(chunk_by_tokens(text_costs(texts), 1024)) > 1
+    # Cross-encoder pairs with long documents: every piece fits the batcher's budget as the job
+    # counts it (scifact abstracts once overflowed it when pieces were cut on query + document).
+    queries, documents = [QUERIES[0] * 3] * 64, [DOCS[0] * 200] * 64  # each document over a model's length
+    pieces = chunk_by_tokens(pair_costs(queries, documents), 2048)
+    assert len(pieces) > 1 and all(PairJob(queries[a:b], documents[a:b]).tokens <= 2048 for a, b in pieces)
     client = TeacherClient.from_serve(teacher_app["app_name"])
     emb = client.encode(texts, role="document", teacher="tiny")
     ref = local(local_teachers, "tiny", "encode", texts=texts, role="document")["embeddings"]
