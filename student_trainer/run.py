@@ -432,6 +432,7 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
     t0 = time.perf_counter()
     run.run_dir.mkdir(parents=True, exist_ok=True)
     (run.run_dir / "config.json").write_text(run.model_dump_json(indent=2))
+    commit = code_commit()  # the code the run starts with (the tree may change while it trains)
     dataset = load_beir(run.data.dataset)  # data errors before Ray starts
     init_ray(address)
     client = connect_teacher(run.teacher)
@@ -489,6 +490,7 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
     metrics = build_metrics(run, info, reports, student, timings, state)
     metrics["signals"] = signal_provenance(run, described, info, student.asymmetric)
     metrics["eval"] = evaluation.description
+    metrics["commit"] = commit
     if agreement is not None:
         metrics["agreement"] = agreement.aggregate
         (run.run_dir / "agreement.json").write_text(json.dumps(_finite(agreement.per_query)))
@@ -514,7 +516,6 @@ def build_metrics(run: RunConfig, info: dict[str, Any], reports: dict[str, Metri
         "student_parameters": counts,
         "steps": state.get("global_step"),
         "timings": timings,
-        "commit": code_commit(),
     }
     if "teacher" in reports:
         teacher = reports["teacher"].aggregate
