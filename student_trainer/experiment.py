@@ -82,9 +82,18 @@ class ExperimentConfig(StrictModel):
 
 
 def holds_other_config(run: RunConfig) -> bool:
-    """True when ``run``'s folder holds a run of another config (same row name, edited row or base)."""
+    """True when ``run``'s folder holds a run of another config (same row name, edited row or base).
+
+    The recorded config is read through today's ``RunConfig``, so an option added since (with its
+    default) does not turn every finished run into "another config"; one that no longer validates is."""
     config = run.run_dir / "config.json"
-    return config.is_file() and json.loads(config.read_text()) != json.loads(run.model_dump_json())
+    if not config.is_file():
+        return False
+    try:
+        recorded = RunConfig.model_validate_json(config.read_text())
+    except ValueError:
+        return True
+    return json.loads(recorded.model_dump_json()) != json.loads(run.model_dump_json())
 
 
 def finished_metrics(run: RunConfig) -> dict[str, Any] | None:

@@ -10,6 +10,7 @@ import yaml
 
 from common.config import ConfigError, load_config
 from student_trainer.experiment import ExperimentConfig, ExperimentRow, collect_rows, render_markdown, run_experiment, selected
+from student_trainer.config import RunConfig
 
 
 def write_base(path: Path, tiny_bert_dir: Path, mini_beir: Path) -> Path:
@@ -131,3 +132,22 @@ def test_a_folder_of_another_config_is_set_aside_not_resumed(tmp_path, tiny_bert
     aside = set_aside_stale(other)
     assert aside is not None and aside.is_dir() and not run.run_dir.exists()
     assert (aside / "config.json").read_text() == run.model_dump_json()
+
+
+def test_a_finished_run_stays_reusable_when_a_new_option_appears(tmp_path, tiny_bert_dir, mini_beir):
+    """A run recorded before an option existed is the same config when today's default is kept,
+    and another config when the option is set otherwise (or the record no longer validates)."""
+    from student_trainer.experiment import finished_metrics
+
+    run = RunConfig.model_validate({"name": "r", "output_dir": str(tmp_path), "student": {"model": str(tiny_bert_dir)},
+                                    "data": {"dataset": str(mini_beir)}})
+    run.run_dir.mkdir(parents=True)
+    recorded = json.loads(run.model_dump_json())
+    del recorded["eval"]["mode"]  # written by a version that had no eval.mode yet
+    (run.run_dir / "config.json").write_text(json.dumps(recorded))
+    (run.run_dir / "metrics.json").write_text(json.dumps({"run": "r"}))
+    assert finished_metrics(run) == {"run": "r"}
+    assert finished_metrics(run.model_copy(update={"eval": run.eval.model_copy(update={"mode": "rerank"})})) is None
+    recorded["eval"]["no_such_option"] = 1
+    (run.run_dir / "config.json").write_text(json.dumps(recorded))
+    assert finished_metrics(run) is None
