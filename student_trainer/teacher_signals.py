@@ -115,12 +115,14 @@ class TeacherSignalSource:
 
     def __init__(self, client: TeacherClient, teacher: str, info: dict[str, Any], doc_index: DocEmbeddings | None,
                  want_query_embeddings: bool, timeout_s: float = 300.0,
-                 ensemble: list[TeacherMember] | None = None, want_joint_embeddings: bool = False) -> None:
+                 ensemble: list[TeacherMember] | None = None, want_joint_embeddings: bool = False,
+                 want_document_embeddings: bool = False) -> None:
         self.client = client.with_teacher(teacher)
         self.info = info
         self.doc_index = doc_index
         self.want_query_embeddings = want_query_embeddings
         self.want_joint_embeddings = want_joint_embeddings
+        self.want_document_embeddings = want_document_embeddings
         self.timeout_s = timeout_s
         self.members = ensemble or [TeacherMember(teacher, info, doc_index=doc_index)]
         if self.members[0].name != teacher:
@@ -169,9 +171,13 @@ class TeacherSignalSource:
         return futures
 
     def _wants_embeddings(self) -> bool:
+        """Whether to ask ``signals`` for embeddings. A representation teacher's come with its
+        scoring pass (and may stand in for documents); a cross-encoder's proxies and joint states
+        are copied out of every one of its B x N passes, so only when a loss uses them."""
         offered = set(self.info["signals"])
-        return bool({"pooled_embeddings", "proxy_embeddings"} & offered) or (
-            self.want_joint_embeddings and "joint_embeddings" in offered)
+        return ("pooled_embeddings" in offered
+                or ("proxy_embeddings" in offered and (self.want_query_embeddings or self.want_document_embeddings))
+                or ("joint_embeddings" in offered and self.want_joint_embeddings))
 
     def collect(self, pending: Pending) -> TeacherSignals:
         """Wait for a batch's signals, re-sending the request while the teacher is down."""

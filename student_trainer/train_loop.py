@@ -157,6 +157,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     source = TeacherSignalSource(client, run.teacher.teacher, teacher_info, doc_index,
                                  want_query_embeddings="query_embedding" in cfg.losses, timeout_s=run.teacher.timeout_s,
                                  want_joint_embeddings="joint_embedding" in cfg.losses,
+                                 want_document_embeddings="document_embedding" in cfg.losses,
                                  ensemble=ensemble_members(run, teacher_info, loop_config.get("ensemble")))
     refresher = monitor = None
     if run.data.refresh.every is not None:

@@ -47,6 +47,7 @@ class EncodeJob:
 class PairJob:
     queries: list[str]
     documents: list[str]
+    with_embeddings: bool = False
     tokens: int = field(init=False)
     queued_at: float = field(init=False)
 
@@ -109,7 +110,8 @@ def run_encode_jobs(teacher: Teacher, jobs: list[EncodeJob]) -> list[Encoded]:
 def run_pair_jobs(teacher: Teacher, jobs: list[PairJob]) -> list[PairOutput]:
     queries = [q for job in jobs for q in job.queries]
     documents = [d for job in jobs for d in job.documents]
-    merged = teacher.forward_pairs(queries, documents)
+    # One pass for the merged batch: embeddings are kept if any job asked (the others ignore them).
+    merged = teacher.forward_pairs(queries, documents, with_embeddings=any(job.with_embeddings for job in jobs))
     out, offset = [], 0
     for job in jobs:
         n = len(job.queries)
@@ -139,9 +141,9 @@ class BatchedPrimitives:
                    for texts, role, with_tokens in calls]
         return [Encoded.concat([f.result() for f in chunks]) for chunks in futures]
 
-    def forward_pairs(self, queries: list[str], documents: list[str]) -> PairOutput:
+    def forward_pairs(self, queries: list[str], documents: list[str], with_embeddings: bool = False) -> PairOutput:
         budget = self.replica.spec.batch_max_tokens
-        futures = [self._submit(self.replica.pairs_batch(PairJob(queries[a:b], documents[a:b])))
+        futures = [self._submit(self.replica.pairs_batch(PairJob(queries[a:b], documents[a:b], with_embeddings)))
                    for a, b in chunk_by_tokens(pair_costs(queries, documents), budget)]
         return PairOutput.concat([f.result() for f in futures])
 

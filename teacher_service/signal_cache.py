@@ -233,5 +233,5 @@ class CachedPrimitives:
         return Encoded(pooled, np.concatenate(tokens) if tokens else np.empty((0, 0), dtype=np.float32),
                        np.array([len(t) for t in tokens], dtype=np.int64))
 
-    def forward_pairs(self, queries: list[str], documents: list[str]) -> PairOutput:
-        return self.inner.forward_pairs(queries, documents)
+    def forward_pairs(self, queries: list[str], documents: list[str], with_embeddings: bool = False) -> PairOutput:
+        return self.inner.forward_pairs(queries, documents, with_embeddings)

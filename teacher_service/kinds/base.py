@@ -3,7 +3,7 @@
 A kind implements two *primitives* that hold all the model compute:
 
 * ``encode(texts, role, with_tokens)`` -> :class:`Encoded` (representation-based kinds), and
-* ``forward_pairs(queries, documents)`` -> :class:`PairOutput` (interaction kinds, i.e. CEs);
+* ``forward_pairs(queries, documents, with_embeddings)`` -> :class:`PairOutput` (interaction kinds, i.e. CEs);
 
 and the three *operations* clients ask for (``encode``, ``score``, ``signals``) are written once on
 top of a :class:`Primitives` object. In-process the kind is its own primitives; inside a Serve
@@ -118,7 +118,9 @@ class Primitives(Protocol):
         a request's queries and documents share one batching window instead of two in a row."""
         ...
 
-    def forward_pairs(self, queries: list[str], documents: list[str]) -> PairOutput: ...
+    def forward_pairs(self, queries: list[str], documents: list[str], with_embeddings: bool = False) -> PairOutput:
+        """Scores of aligned pairs; the pairs' embeddings (proxies, joint states) only when asked."""
+        ...
 
 
 class Teacher(ABC):
@@ -163,7 +165,7 @@ class Teacher(ABC):
     def encode_many(self, calls: list[EncodeCall]) -> list[Encoded]:
         return [self.encode(*call) for call in calls]  # in-process: one pass after the other
 
-    def forward_pairs(self, queries: list[str], documents: list[str]) -> PairOutput:
+    def forward_pairs(self, queries: list[str], documents: list[str], with_embeddings: bool = False) -> PairOutput:
         raise self.unsupported("pair forward passes")
 
     # --- operations ----------------------------------------------------------------------------

@@ -149,9 +149,10 @@ class CrossEncoderTeacher(Teacher):
 
     # --- primitive -----------------------------------------------------------------------------
     @torch.inference_mode()
-    def forward_pairs(self, queries: list[str], documents: list[str]) -> PairOutput:
-        """Scores ``[n]`` of aligned pairs, with the proxies ``[n, dim]`` (dual-pooled) or the joint
-        [CLS] embeddings ``[n, hidden]`` ([CLS]-pooled).
+    def forward_pairs(self, queries: list[str], documents: list[str], with_embeddings: bool = False) -> PairOutput:
+        """Scores ``[n]`` of aligned pairs and, ``with_embeddings``, the proxies ``[n, dim]``
+        (dual-pooled) or the joint [CLS] embeddings ``[n, hidden]`` ([CLS]-pooled); scoring alone
+        (re-ranking, ``/v1/score``) copies no embeddings out of the model.
 
         Pairs are tokenised once, then run in length-sorted batches capped by padded tokens.
         """
@@ -159,20 +160,22 @@ class CrossEncoderTeacher(Teacher):
                              return_special_tokens_mask=self.pooling == "segment_mean")
         n = len(queries)
         scores = np.empty(n, dtype=np.float32)
-        q_proxy = np.empty((n, self.dim), dtype=np.float32) if self.dual else None
-        d_proxy = np.empty((n, self.dim), dtype=np.float32) if self.dual else None
-        joint = None if self.dual else np.empty((n, self.joint_dim), dtype=np.float32)
+        q_proxy = np.empty((n, self.dim), dtype=np.float32) if self.dual and with_embeddings else None
+        d_proxy = np.empty((n, self.dim), dtype=np.float32) if self.dual and with_embeddings else None
+        joint = np.empty((n, self.joint_dim), dtype=np.float32) if not self.dual and with_embeddings else None
         for index in plan_batches([len(x) for x in enc["input_ids"]], self.token_budget, max_batch_size=max(1, n)):
             batch = self.tokenizer.pad({key: [enc[key][i] for i in index] for key in enc.keys()}, return_tensors="pt")
             batch = {key: value.to(self.device) for key, value in batch.items()}
             if not self.dual:
                 scores[index] = self.model(**batch).logits[:, 0].float().cpu().numpy()
-                joint[index] = self._cls_state.value.float().cpu().numpy()
+                if joint is not None:
+                    joint[index] = self._cls_state.value.float().cpu().numpy()
                 continue
             emb_q, emb_d = self._dual_pool(batch)
             scores[index] = (self.score_scale * (emb_q * emb_d).sum(-1)).float().cpu().numpy()
-            q_proxy[index] = emb_q.float().cpu().numpy()
-            d_proxy[index] = emb_d.float().cpu().numpy()
+            if q_proxy is not None:
+                q_proxy[index] = emb_q.float().cpu().numpy()
+                d_proxy[index] = emb_d.float().cpu().numpy()
         return PairOutput(scores, q_proxy, d_proxy, joint)
 
     def _keep_cls_state(self, module: torch.nn.Module, args: tuple, output: tuple) -> None:
@@ -196,11 +199,11 @@ class CrossEncoderTeacher(Teacher):
         # Refused here, before the request reaches a batcher: a CE never embeds a text on its own.
         raise self.unsupported("embeddings of single texts (encode): a cross-encoder only encodes (query, document) pairs")
 
-    def _pair_output(self, req: ScoreRequest | SignalsRequest, prims: Primitives) -> PairOutput:
+    def _pair_output(self, req: ScoreRequest | SignalsRequest, prims: Primitives, with_embeddings: bool = False) -> PairOutput:
         """Pairs mode: one pass per aligned pair. Matrix mode: every query with every document,
         flattened query-major (pair ``i * N + j`` is query ``i``, document ``j``)."""
         if req.mode == "pairs":
-            return prims.forward_pairs(req.queries, req.documents)
+            return prims.forward_pairs(req.queries, req.documents, with_embeddings)
         nq, nd = len(req.queries), len(req.documents)
         limit = self.options.max_matrix_pairs
         if nq * nd > limit:
@@ -209,7 +212,7 @@ class CrossEncoderTeacher(Teacher):
                 f"the max_matrix_pairs limit of {limit} (teacher '{self.name}'); send fewer queries/documents per "
                 "request or use mode 'pairs'"
             )
-        return prims.forward_pairs([q for q in req.queries for _ in range(nd)], list(req.documents) * nq)
+        return prims.forward_pairs([q for q in req.queries for _ in range(nd)], list(req.documents) * nq, with_embeddings)
 
     def _scores(self, out: PairOutput, req: ScoreRequest | SignalsRequest) -> np.ndarray:
         return out.scores.reshape(len(req.queries), len(req.documents)) if req.mode == "matrix" else out.scores
@@ -236,7 +239,7 @@ class CrossEncoderTeacher(Teacher):
         """
         if req.tokens:
             raise self.unsupported("token embeddings")
-        out = self._pair_output(req, prims)
+        out = self._pair_output(req, prims, with_embeddings=req.embeddings)
         result = {"scores": self._scores(out, req)}
         if not req.embeddings:
             return result

@@ -20,6 +20,8 @@ from common.evaluation import evaluate_pair_scorer, rerank_candidates
 from common.hybrid_retrieval import BM25Index
 from student_trainer.config import RunConfig
 from student_trainer.run import run_distillation
+from student_trainer.teacher_signals import TeacherSignalSource, TrainBatch
+from teacher_service.client import TeacherClient
 from tiny_checkpoints import DUAL_META, save_colbert_checkpoint, save_cross_encoder
 
 APP = "pair-teachers"
@@ -97,6 +99,22 @@ def test_student_distilled_from_a_pair_scoring_teacher(pair_app, tiny_bert_dir, 
     for term in set(losses) - {"in_batch_kl"}:  # the embedding-matching terms were fed and logged
         assert any(h.get(term, 0) > 0 for h in result.history), term
     assert "re-rank the same candidates (BM25 top 8)" in (result.run_dir / "report.md").read_text()
+
+
+def test_cross_encoder_embeddings_are_asked_for_only_when_a_loss_uses_them(pair_app):
+    """A dual-pooled CE's proxies are copied out of all B x N passes: a run without embedding
+    matching gets the same scores without them."""
+    client = TeacherClient.from_serve(APP)
+    info = client.describe("ce-dual")
+    batch = TrainBatch(queries=["glacier caves", "vaccines"], extra_queries=[], doc_ids=["a", "b", "c", "d"],
+                       documents=["caves form in ice", "markets fell", "vaccines train immunity", "penguins swim"],
+                       num_negatives=1)
+    plain = TeacherSignalSource(client, "ce-dual", info, None, want_query_embeddings=False)
+    matching = TeacherSignalSource(client, "ce-dual", info, None, want_query_embeddings=True)
+    without, with_proxies = plain.collect(plain.submit(batch)), matching.collect(matching.submit(batch))
+    assert without.query_embeddings is None and without.document_embeddings is None
+    assert with_proxies.query_embeddings.shape == (2, 32) and with_proxies.document_embeddings.shape == (4, 32)
+    np.testing.assert_allclose(without.scores, with_proxies.scores, rtol=1e-5, atol=1e-6)
 
 
 def test_pair_teacher_refuses_what_needs_a_document_index(pair_app, tiny_bert_dir, mini_beir, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 
 from teacher_service.client import TeacherClient
 from teacher_service.kinds import Encoded, build_teacher
-from teacher_service.signal_cache import ENTRY_OVERHEAD_BYTES, CachedPrimitives, CacheEntry, EncodingCache, text_key
+from teacher_service.signal_cache import ENTRY_OVERHEAD_BYTES, CachedPrimitives, CacheEntry, EncodingCache, teacher_fingerprint, text_key
 from teacher_service.spec import CacheConfig, TeacherSpec
 
 TEXTS = ["glacier caves form inside ice", "vaccines train the immune system", "hamlet is a tragedy",
@@ -30,8 +30,8 @@ class CountingPrimitives:
     def encode_many(self, calls) -> list[Encoded]:
         return [self.encode(*call) for call in calls]
 
-    def forward_pairs(self, queries, documents):
-        return self.teacher.forward_pairs(queries, documents)
+    def forward_pairs(self, queries, documents, with_embeddings=False):
+        return self.teacher.forward_pairs(queries, documents, with_embeddings)
 
 
 @pytest.fixture(scope="module")
@@ -140,3 +140,17 @@ def test_service_answers_repeats_from_its_cache(teacher_app):
     assert mid["cache_misses"] - before["cache_misses"] == len(texts)
     assert after["cache_hits"] - mid["cache_hits"] == len(texts)
     assert after["batches"] == mid["batches"], "a fully cached request still reached the model"
+
+
+def test_a_field_added_to_teacher_info_keeps_old_cache_keys_while_unset(mini_beir):
+    """Encodings cached (disk tier, document index) before ``joint_dim`` existed stay valid for
+    teachers that leave it unset; a teacher that sets it gets its own key."""
+    from common.datasets import load_beir
+    from student_trainer.teacher_index import cache_key
+
+    info = {"name": "t", "kind": "dual_encoder", "checkpoint": "c", "dim": 8, "token_dim": None, "similarity": "dot"}
+    dataset = load_beir(mini_beir)
+    assert teacher_fingerprint({**info, "joint_dim": None}, {}) == teacher_fingerprint(info, {})
+    assert cache_key({**info, "joint_dim": None}, dataset) == cache_key(info, dataset)
+    assert teacher_fingerprint({**info, "joint_dim": 8}, {}) != teacher_fingerprint(info, {})
+    assert cache_key({**info, "token_dim": 4}, dataset) != cache_key(info, dataset)  # other fields still count
