@@ -46,6 +46,9 @@ def evaluate_encoder(encode_queries: QueryEncoder, index: DenseIndex, dataset: B
 
 PairScorer = Callable[[list[str], list[str]], np.ndarray]
 
+# A run evaluated by re-ranking also scores a symmetric student by full retrieval, under this name.
+STUDENT_RETRIEVAL = "student (retrieval)"
+
 
 def rerank_candidates(dataset: BeirDataset, split: str, query_ids: Sequence[str], depth: int = 100) -> tuple[dict[str, list[str]], str]:
     """Candidate lists to re-rank for ``query_ids`` and where they came from: the dataset's own

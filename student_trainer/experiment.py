@@ -34,6 +34,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from common.config import ConfigError, StrictModel, load_config
+from common.evaluation import STUDENT_RETRIEVAL
 from common.provenance import code_commit
 from student_trainer.config import RunConfig, load_run_config
 
@@ -124,8 +125,7 @@ def collect_rows(experiment: ExperimentConfig, results: dict[tuple[str, str], li
 
     Rows may distil different teachers (CE -> DE rows, for instance): every row records its
     teacher, ``teachers`` holds each one's metrics, and ``retained`` is always against the row's
-    own teacher (each run's own ratio). ``teacher`` is the first teacher, for single-teacher tables.
-    A symmetric student evaluated by re-ranking also has its full-retrieval nDCG@10."""
+    own teacher (each run's own ratio). A symmetric student evaluated by re-ranking also has its full-retrieval nDCG@10."""
     table: dict[str, Any] = {}
     for dataset in dict.fromkeys(d for row in experiment.rows for d in (row.datasets or experiment.datasets)):
         entries: list[dict[str, Any]] = []
@@ -143,8 +143,8 @@ def collect_rows(experiment: ExperimentConfig, results: dict[tuple[str, str], li
             for metric in TABLE_METRICS:
                 entry[metric] = summarise([m["metrics"]["student"][metric] for m in ms])
             entry["retained"] = summarise([m["retained"]["nDCG@10"] for m in ms]) if all("retained" in m for m in ms) else None
-            if all(RETRIEVAL in m["metrics"] for m in ms):
-                entry["retrieval nDCG@10"] = summarise([m["metrics"][RETRIEVAL]["nDCG@10"] for m in ms])
+            if all(STUDENT_RETRIEVAL in m["metrics"] for m in ms):
+                entry["retrieval nDCG@10"] = summarise([m["metrics"][STUDENT_RETRIEVAL]["nDCG@10"] for m in ms])
             entry["train_s"] = summarise([m["timings"]["train_s"] for m in ms])
             entry["steps"] = ms[0]["steps"]
             entry["runs"] = [m["run"] for m in ms]
@@ -153,14 +153,10 @@ def collect_rows(experiment: ExperimentConfig, results: dict[tuple[str, str], li
         if not entries:
             continue  # a dataset none of the selected rows ran on
         first = next(m for (_, d), ms in results.items() if d == dataset for m in ms)
-        table[dataset] = {"teacher": next(iter(teachers.values()), None), "teachers": teachers,
+        table[dataset] = {"teachers": teachers,
                           "split": first.get("split", "test"), "eval": first.get("eval", {"mode": "retrieval"}),
                           "rows": entries}
     return table
-
-
-# What a symmetric student's full retrieval is called in a re-ranking run's metrics.
-RETRIEVAL = "student (retrieval)"
 
 
 def _teacher_name(metrics: dict[str, Any]) -> str:
@@ -187,14 +183,13 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
     for dataset, block in table.items():
         ev = block.get("eval", {"mode": "retrieval"})
         how = f", re-ranking {ev.get('candidates')}" if ev["mode"] == "rerank" else ""
-        several = len(block.get("teachers", {})) > 1
+        several = len(block["teachers"]) > 1
         retrieval = any("retrieval nDCG@10" in e for e in block["rows"])
         head = ["row"] + (["teacher"] if several else []) + ["nDCG@10", "MRR@10", "R@100", "retained (nDCG@10)"]
         head += (["nDCG@10, full retrieval"] if retrieval else []) + ["steps", "train wall (s)"]
         lines += [f"## {dataset} ({block.get('split', 'test')}{how})", "", "| " + " | ".join(head) + " |",
                   "|" + " --- |" * len(head)]
-        teachers = block.get("teachers") or ({"teacher": block["teacher"]} if block["teacher"] else {})
-        for name, t in teachers.items():
+        for name, t in block["teachers"].items():
             cells = [f"teacher {name}" if several else "teacher"] + ([name] if several else [])
             cells += [f"{t['nDCG@10']:.3f}", f"{t['MRR@10']:.3f}", f"{t['R@100']:.3f}", "1.000"]
             lines.append("| " + " | ".join(cells + (["-"] if retrieval else []) + ["-", "-"]) + " |")

@@ -18,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only: runs happen on headless machines
 import matplotlib.pyplot as plt  # noqa: E402
 
+from common.evaluation import STUDENT_RETRIEVAL  # noqa: E402
 from common.metrics import MetricReport, format_table  # noqa: E402
 
 PLOT_METRICS = ("MRR@10", "nDCG@10", "R@20", "R@100")
@@ -163,7 +164,7 @@ def _evaluated_how(metrics: dict[str, Any]) -> str:
     ev = metrics.get("eval", {"mode": "retrieval"})
     if ev["mode"] == "rerank":
         return (f"teacher and student re-rank the same candidates ({ev.get('candidates')}); "
-                "'student (retrieval)' is the student's full retrieval over its own index of the corpus")
+                f"'{STUDENT_RETRIEVAL}' is the student's full retrieval over its own index of the corpus")
     return "full retrieval over the teacher's document index (a symmetric student searches its own)"
 
 

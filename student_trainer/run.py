@@ -31,7 +31,7 @@ from ray.train.torch import TorchTrainer
 from common.config import ConfigError
 from common.datasets import BeirDataset, load_beir, write_parquet
 from common.agreement import query_cosines
-from common.evaluation import eval_query_ids, evaluate_encoder, evaluate_pair_scorer, rerank_candidates
+from common.evaluation import STUDENT_RETRIEVAL, eval_query_ids, evaluate_encoder, evaluate_pair_scorer, rerank_candidates
 from common.metrics import MetricReport
 from common.provenance import code_commit
 from common.ray_runtime import init_ray
@@ -360,7 +360,7 @@ def evaluate_run_models(run: RunConfig, dataset: BeirDataset, client: TeacherCli
     symmetric student its own. Re-ranking: both re-rank the same candidate lists, a dual-encoder
     teacher and the student with their embeddings, any other teacher by scoring every (query,
     candidate) pair through the service. A symmetric student is also scored by full retrieval
-    (``"student (retrieval)"``): replacing a re-ranker with a first-stage retriever is why one
+    (``STUDENT_RETRIEVAL``, from the query embeddings it already computed): replacing a re-ranker with a first-stage retriever is why one
     distills a cross-encoder into a dual-encoder.
     """
     mode = run.eval.mode if run.eval.mode != "auto" else ("retrieval" if has_document_index(info) else "rerank")
@@ -394,7 +394,8 @@ def evaluate_run_models(run: RunConfig, dataset: BeirDataset, client: TeacherCli
         reports.update(found)
         query_emb.update(emb)
         if candidates is not None:
-            reports["student (retrieval)"] = evaluate(run, dataset, own, {"student": exported.encode_queries})[0]["student"]
+            encoded = emb["student"]
+            reports[STUDENT_RETRIEVAL] = evaluate(run, dataset, own, {"student": lambda texts: encoded})[0]["student"]
     return RunEvaluation(reports, query_emb, own, description)
 
 
