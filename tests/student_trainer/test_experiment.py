@@ -74,6 +74,18 @@ def test_only_and_datasets_select_runs():
     assert [r[3] for r in selected(planned, ["a"], ["wikiqa"])] == ["a-w"]
 
 
+def test_seeds_per_dataset(tmp_path, tiny_bert_dir, mini_beir):
+    """A row can run three seeds where its neighbours are close and one where they are far apart."""
+    exp = ExperimentConfig(name="x", base=write_base(tmp_path / "base.yaml", tiny_bert_dir, mini_beir),
+                           datasets=["scifact", "wikiqa"], seeds=[13],
+                           rows=[ExperimentRow(name="a", seeds={"wikiqa": [13, 14, 15]}), ExperimentRow(name="b", seeds=[1, 2])])
+    assert [(r[0].name, r[1], r[2]) for r in exp.runs()] == [
+        ("a", "scifact", 13), ("a", "wikiqa", 13), ("a", "wikiqa", 14), ("a", "wikiqa", 15),
+        ("b", "scifact", 1), ("b", "scifact", 2), ("b", "wikiqa", 1), ("b", "wikiqa", 2)]
+    with pytest.raises(ValueError, match="row a: seeds given for nfcorpus, which the row does not run on"):
+        ExperimentConfig(name="x", base=Path("b.yaml"), rows=[ExperimentRow(name="a", seeds={"nfcorpus": [1]})])
+
+
 def test_bad_experiment_files_name_the_problem(tmp_path, tiny_bert_dir, mini_beir):
     base = write_base(tmp_path / "base.yaml", tiny_bert_dir, mini_beir)
     bad = tmp_path / "bad.yaml"
