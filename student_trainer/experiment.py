@@ -39,6 +39,10 @@ from common.provenance import code_commit
 from student_trainer.config import RunConfig, load_run_config
 
 TABLE_METRICS = ("nDCG@10", "MRR@10", "R@100")
+# How closely the student follows its teacher on the test queries (common.agreement), where the
+# runs measured it: metrics.json key -> column.
+AGREEMENT_COLUMNS = {"overlap@10": "overlap@10", "RBO@10": "RBO@10", "kendall_tau@10": "Kendall tau@10",
+                     "inbatch_kl": "in-batch KL", "query_cosine_mean": "query cosine (mean)"}
 
 
 class ExperimentRow(StrictModel):
@@ -159,6 +163,9 @@ def collect_rows(experiment: ExperimentConfig, results: dict[tuple[str, str], li
             entry["retained"] = summarise([m["retained"]["nDCG@10"] for m in ms]) if all("retained" in m for m in ms) else None
             if all(STUDENT_RETRIEVAL in m["metrics"] for m in ms):
                 entry["retrieval nDCG@10"] = summarise([m["metrics"][STUDENT_RETRIEVAL]["nDCG@10"] for m in ms])
+            if all(m.get("agreement") for m in ms):
+                entry["agreement"] = {k: summarise([m["agreement"][k] for m in ms]) for k in AGREEMENT_COLUMNS
+                                      if all(k in m["agreement"] for m in ms)}
             entry["train_s"] = summarise([m["timings"]["train_s"] for m in ms])
             entry["steps"] = ms[0]["steps"]
             entry["runs"] = [m["run"] for m in ms]
@@ -214,6 +221,7 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
             cells += ([_cell(e.get("retrieval nDCG@10"))] if retrieval else []) + [str(e["steps"]), _cell(e["train_s"], 0)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        lines += _agreement_table(block["rows"])
     commits: dict[str, list[str]] = {}
     for block in table.values():
         for e in block["rows"]:
@@ -223,6 +231,19 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
         lines += ["Trained at: " + "; ".join(f"`{c[:12]}` ({', '.join(dict.fromkeys(rows))})" for c, rows in commits.items()), ""]
     lines.append("Mean ± sample standard deviation over seeds where a row ran with more than one.")
     return "\n".join(lines) + "\n"
+
+
+def _agreement_table(rows: list[dict[str, Any]]) -> list[str]:
+    """The rows' agreement with their teacher, where the runs measured it (otherwise nothing)."""
+    measured = [e for e in rows if e.get("agreement")]
+    if not measured:
+        return []
+    keys = [k for k in AGREEMENT_COLUMNS if any(k in e["agreement"] for e in measured)]
+    lines = ["Agreement with the teacher on the test queries (top-10 lists, in-batch distributions, query embeddings):", "",
+             "| row | " + " | ".join(AGREEMENT_COLUMNS[k] for k in keys) + " |", "|" + " --- |" * (len(keys) + 1)]
+    for e in measured:
+        lines.append(f"| {e['row']} | " + " | ".join(_cell(e["agreement"].get(k)) for k in keys) + " |")
+    return lines + [""]
 
 
 def selected(planned: list, only: list[str] | None, datasets: list[str] | None) -> list:

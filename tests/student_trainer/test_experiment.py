@@ -41,6 +41,27 @@ def test_collect_rows_means_and_spreads_over_seeds():
     assert table["scifact"]["teachers"]["teacher"]["nDCG@10"] == 0.5  # metrics without a teacher name
 
 
+def test_agreement_with_the_teacher_is_tabled_where_measured():
+    def metrics(seed: int, overlap: float | None) -> dict:
+        m = {"run": f"r{seed}", "seed": seed, "steps": 4, "timings": {"train_s": 1.0},
+             "metrics": {"teacher": {"nDCG@10": 0.5, "MRR@10": 0.4, "R@100": 1.0},
+                         "student": {"nDCG@10": 0.4, "MRR@10": 0.3, "R@100": 0.9}}}
+        if overlap is not None:
+            m["agreement"] = {"overlap@10": overlap, "RBO@10": 0.5, "inbatch_kl": 0.02}
+        return m
+
+    exp = ExperimentConfig(name="x", base=Path("b.yaml"), rows=[ExperimentRow(name="a"), ExperimentRow(name="b")])
+    table = collect_rows(exp, {("a", "scifact"): [metrics(1, 0.4), metrics(2, 0.6)], ("b", "scifact"): [metrics(1, None)]})
+    a, b = table["scifact"]["rows"]
+    assert a["agreement"]["overlap@10"]["mean"] == pytest.approx(0.5) and "agreement" not in b
+    md = render_markdown(exp, table, {"command": "c", "commit": "h", "date": "d", "machine": "m"})
+    assert "| row | overlap@10 | RBO@10 | in-batch KL |" in md
+    agreement = md.split("Agreement with the teacher")[1]
+    assert "| a | 0.500 ± 0.141 | 0.500 ± 0.000 | 0.020 ± 0.000 |" in agreement and "| b |" not in agreement
+    no_agreement = collect_rows(exp, {("b", "scifact"): [metrics(1, None)]})
+    assert "Agreement with the teacher" not in render_markdown(exp, no_agreement, {"command": "c", "commit": "h", "date": "d", "machine": "m"})
+
+
 def test_rows_with_different_teachers_keep_their_own_teacher():
     """CE -> DE tables: each row distils its own teacher and is re-ranked like it; retained is per row."""
     def metrics(teacher: str, t: float, ndcg: float) -> dict:
