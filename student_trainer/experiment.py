@@ -228,9 +228,15 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
             for commit in e.get("commits", []):
                 commits.setdefault(commit, []).append(e["row"])
     if len(commits) > 1:  # rows reused from earlier commands: say which code trained which
-        lines += ["Trained at: " + "; ".join(f"`{c[:12]}` ({', '.join(dict.fromkeys(rows))})" for c, rows in commits.items()), ""]
+        lines += ["Trained at: " + "; ".join(f"`{_short_commit(c)}` ({', '.join(dict.fromkeys(rows))})" for c, rows in commits.items()), ""]
     lines.append("Mean ± sample standard deviation over seeds where a row ran with more than one.")
     return "\n".join(lines) + "\n"
+
+
+def _short_commit(commit: str) -> str:
+    """A commit hash cut to 12 characters, keeping ``code_commit``'s " (dirty tree)" mark."""
+    head, _, rest = commit.partition(" ")
+    return head[:12] + (f" {rest}" if rest else "")
 
 
 def _agreement_table(rows: list[dict[str, Any]]) -> list[str]:

@@ -65,7 +65,7 @@ def test_agreement_with_the_teacher_is_tabled_where_measured():
 def test_rows_with_different_teachers_keep_their_own_teacher():
     """CE -> DE tables: each row distils its own teacher and is re-ranked like it; retained is per row."""
     def metrics(teacher: str, t: float, ndcg: float) -> dict:
-        return {"run": teacher, "seed": 1, "steps": 10, "timings": {"train_s": 5.0}, "split": "test", "commit": f"{teacher}-commit",
+        return {"run": teacher, "seed": 1, "steps": 10, "timings": {"train_s": 5.0}, "split": "test", "commit": f"{teacher}-commit" + (" (dirty tree)" if teacher == "ce-dual" else ""),
                 "teacher": {"name": teacher}, "eval": {"mode": "rerank", "candidates": "candidates.test.tsv"},
                 "metrics": {"teacher": {"nDCG@10": t, "MRR@10": t, "R@100": 1.0},
                             "student": {"nDCG@10": ndcg, "MRR@10": ndcg, "R@100": 1.0},
@@ -83,7 +83,7 @@ def test_rows_with_different_teachers_keep_their_own_teacher():
     assert "## wikiqa (test, re-ranking candidates.test.tsv)" in md
     assert "| teacher ce-dual | ce-dual | 0.800 |" in md and "nDCG@10, full retrieval" in md
     assert "| a | ce-cls | 0.400 | 0.400 | 1.000 | 0.800 | 0.200 | 10 | 5 |" in md
-    assert "Trained at: `ce-cls-commi` (a); `ce-dual-comm` (b)" in md  # rows trained by different code say so
+    assert "Trained at: `ce-cls-commi` (a); `ce-dual-comm (dirty tree)` (b)" in md  # rows trained by different code say so
 
 
 def test_only_and_datasets_select_runs():
