@@ -9,13 +9,16 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from common.config import load_config
 from student_trainer.config import load_run_config
+from student_trainer.experiment import ExperimentConfig
 from teacher_service.app import build_app
 from teacher_service.spec import ServiceConfig
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-SERVE_CONFIGS = sorted(p for p in DEPLOY.glob("teachers*.yaml"))
+SERVE_CONFIGS = sorted([*DEPLOY.glob("teachers*.yaml"), *DEPLOY.glob("experiments/serve/*.yaml")])
 RUN_CONFIGS = sorted(p for p in DEPLOY.glob("*.yaml") if not p.name.startswith("teachers"))
+EXPERIMENTS = sorted(DEPLOY.glob("experiments/*.yaml"))
 
 
 def check_serve_config(raw: dict) -> None:
@@ -38,6 +41,21 @@ def test_run_configs_validate(path):
     assert run.run_dir.is_absolute()  # also when output_dir is left to its default
     if run.teacher.serve_config is not None:
         assert (DEPLOY.parent / run.teacher.serve_config).is_file()
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
+def test_experiment_files_validate(path):
+    """Every run an experiment file plans is a valid run config, and its teacher app is in its serve config."""
+    experiment = load_config(ExperimentConfig, path)
+    runs = experiment.runs()
+    assert runs
+    for _, _, _, run in runs:
+        if run.teacher.serve_config is not None:
+            raw = yaml.safe_load((DEPLOY.parent / run.teacher.serve_config).read_text())
+            apps = {a["name"]: a for a in raw["applications"]}
+            assert run.teacher.app_name in apps
+            names = {t["name"] for t in apps[run.teacher.app_name]["args"]["teachers"]}
+            assert {run.teacher.teacher, *(t.name for t in run.teacher.teachers or [])} <= names
 
 
 def test_gpu_teachers_ask_for_gpus():
