@@ -42,6 +42,7 @@ from student_trainer.export import ExportedStudent, export_sentence_transformers
 from student_trainer.extra_queries import build_extra_queries, corpus_pseudo_queries
 from student_trainer.negative_refresh import TrainingQueries
 from student_trainer.progress import ProgressBar
+from student_trainer.projection_fit import fit_projection, needs_fit
 from student_trainer.report import write_report
 from student_trainer.students import DualEncoderStudent
 from student_trainer.teacher_index import DocEmbeddings, teacher_doc_embeddings
@@ -138,6 +139,20 @@ def refresh_inputs(run: RunConfig, examples: Path, dataset: BeirDataset) -> Any:
     data = TrainingQueries.from_examples(table.column("query").to_pylist(), table.column("positive_id").to_pylist(),
                                          dataset.doc_ids, dataset.doc_texts)
     return ray.put(asdict(data))
+
+
+def fitted_projection(run: RunConfig, info: dict[str, Any], client: TeacherClient, texts: list[str]) -> dict[str, Any] | None:
+    """The least-squares start of a projection between different widths (None where the student
+    starts from the identity or asks for torch's initialisation); see :mod:`student_trainer.projection_fit`."""
+    if run.student.projection_init != "least_squares" or not info.get("dim"):
+        return None
+    student = build_student(run, info)
+    if not needs_fit(run, student):
+        return None
+    fitted = fit_projection(run, student, client, texts)
+    print(f"projection {student.query_encoder.dim} -> {student.teacher_dim} fitted on {fitted['texts']} queries: "
+          f"mean cosine to the teacher {fitted['cosine_before']:.3f} -> {fitted['cosine_after']:.3f}")
+    return fitted
 
 
 def eval_queries(run: RunConfig, dataset: BeirDataset) -> tuple[str, list[str]]:
@@ -457,8 +472,10 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
 
     t = time.perf_counter()
     described = describe_ensemble(run, client, dataset, show_progress)
+    projection = fitted_projection(run, info, client, training_queries(examples) + extra)
     hooks = {"ensemble": described, "refresh_ref": refresh_inputs(run, examples, dataset),
-             "agreement_ref": agreement_inputs(run, dataset, client)}
+             "agreement_ref": agreement_inputs(run, dataset, client),
+             "projection_ref": ray.put({k: projection[k] for k in ("w", "b")}) if projection else None}
     if any(hooks.values()):
         timings["hooks_s"] = time.perf_counter() - t
 
@@ -497,6 +514,8 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
         (run.run_dir / "agreement.json").write_text(json.dumps(_finite(agreement.per_query)))
     metrics["query_latency_ms"] = query_latencies(info, exported, dataset, run)
     metrics["extra_queries"] = {"source": run.data.extra_queries, "pool": len(extra)}
+    if projection:
+        metrics["projection_fit"] = {k: v for k, v in projection.items() if k not in ("w", "b")}
     (run.run_dir / "metrics.json").write_text(json.dumps(_finite(metrics), indent=2))
     (run.run_dir / "history.json").write_text(json.dumps(_finite(history), indent=2))
     if "teacher" in query_emb:

@@ -34,6 +34,11 @@ class StudentConfig(StrictModel):
     asymmetric: bool = Field(True, description="Inherit the teacher's document embeddings; train only a query encoder.")
     projection: Literal["auto", "always", "none"] = Field(
         "auto", description="Linear map to the teacher's dimension: 'auto' adds one when the dimensions differ.")
+    projection_init: Literal["least_squares", "random"] = Field("least_squares", description=(
+        "Start of a projection between different widths: 'least_squares' fits it before training (ridge "
+        "regression of the teacher's query embeddings on the student's, student_trainer/projection_fit.py); "
+        "'random' leaves torch's initialisation. A projection between equal widths starts as the identity."))
+    projection_fit_queries: int = Field(4096, ge=2, description="Training and extra queries (at most) the fit uses.")
     similarity: Literal["dot", "cosine"] = Field("dot", description="Student score function (match the teacher's).")
     score_scale: float = Field(4.0, gt=0, description=(
         "Multiplier on student scores before softmax-based losses. Normalised embeddings give scores in [-1, 1]: "

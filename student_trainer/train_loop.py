@@ -33,6 +33,7 @@ from student_trainer.config import RunConfig
 from student_trainer.losses import DistillBatch, build_loss, kl_teacher_student
 from student_trainer.negative_refresh import NegativeRefresher, TrainingQueries
 from student_trainer.students import DualEncoderStudent
+from student_trainer.projection_fit import apply_projection
 from student_trainer.teacher_index import DocEmbeddings
 from student_trainer.teacher_signals import Pending, TeacherMember, TeacherSignals, TeacherSignalSource, TrainBatch, as_tensor
 from teacher_service.client import TeacherClient
@@ -136,6 +137,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     teacher_info = loop_config["teacher_info"]
     student = build_student(run, teacher_info)
+    if loop_config.get("projection_ref") is not None:  # fitted by the driver; a checkpoint restored below overrides it
+        apply_projection(student, ray.get(loop_config["projection_ref"]))
     student.train()
     model = ray.train.torch.prepare_model(student)  # DDP wrapper; `student` stays the plain module
     total_steps = loop_config["total_steps"]
