@@ -24,8 +24,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from transformers import AutoConfig
 
+from common.agreement import query_cosines
+from common.model_registry import resolve_model
 from student_trainer.config import RunConfig
 from student_trainer.students import DualEncoderStudent
 
@@ -44,10 +46,13 @@ def fit_linear_map(x: np.ndarray, y: np.ndarray, ridge: float = 1e-3) -> tuple[n
     return w.astype(np.float32), (y_mean - x_mean @ w).astype(np.float32)
 
 
-def needs_fit(run: RunConfig, student: DualEncoderStudent) -> bool:
-    """A fitted start is asked for and the projection is a fresh map between different widths."""
-    return (run.student.projection_init == "least_squares" and isinstance(student.projection, nn.Linear)
-            and student.query_encoder.dim != student.teacher_dim)
+def needs_fit(run: RunConfig, teacher_dim: int | None) -> bool:
+    """A fitted start is asked for and the student's width differs from the teacher's (equal
+    widths start from the identity). Reads the width from the checkpoint's config, so a run that
+    needs no fit loads no extra model."""
+    if run.student.projection_init != "least_squares" or run.student.projection == "none" or not teacher_dim:
+        return False
+    return AutoConfig.from_pretrained(resolve_model(run.student.model)).hidden_size != teacher_dim
 
 
 def fit_projection(run: RunConfig, student: DualEncoderStudent, client: Any, texts: list[str]) -> dict[str, Any]:
@@ -64,8 +69,8 @@ def fit_projection(run: RunConfig, student: DualEncoderStudent, client: Any, tex
     w, b = fit_linear_map(own, teacher)
     with torch.inference_mode():
         before = student.projection(torch.from_numpy(own)).numpy()
-    return {"w": w, "b": b, "texts": len(texts),
-            "cosine_before": _mean_cosine(before, teacher), "cosine_after": _mean_cosine(own @ w + b, teacher)}
+    return {"w": w, "b": b, "texts": len(texts), "cosine_before": float(query_cosines(before, teacher).mean()),
+            "cosine_after": float(query_cosines(own @ w + b, teacher).mean())}
 
 
 def apply_projection(student: DualEncoderStudent, fitted: dict[str, Any]) -> None:
@@ -74,8 +79,3 @@ def apply_projection(student: DualEncoderStudent, fitted: dict[str, Any]) -> Non
         student.projection.weight.copy_(torch.from_numpy(fitted["w"]).T)
         student.projection.bias.copy_(torch.from_numpy(fitted["b"]))
 
-
-def _mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return float((a * b).sum(1).mean())

@@ -144,11 +144,9 @@ def refresh_inputs(run: RunConfig, examples: Path, dataset: BeirDataset) -> Any:
 def fitted_projection(run: RunConfig, info: dict[str, Any], client: TeacherClient, texts: list[str]) -> dict[str, Any] | None:
     """The least-squares start of a projection between different widths (None where the student
     starts from the identity or asks for torch's initialisation); see :mod:`student_trainer.projection_fit`."""
-    if run.student.projection_init != "least_squares" or not info.get("dim"):
+    if not needs_fit(run, info.get("dim")):
         return None
     student = build_student(run, info)
-    if not needs_fit(run, student):
-        return None
     fitted = fit_projection(run, student, client, texts)
     print(f"projection {student.query_encoder.dim} -> {student.teacher_dim} fitted on {fitted['texts']} queries: "
           f"mean cosine to the teacher {fitted['cosine_before']:.3f} -> {fitted['cosine_after']:.3f}")

@@ -12,7 +12,7 @@ from ray.serve.schema import ServeDeploySchema
 from common.config import load_config
 from student_trainer.config import load_run_config
 from student_trainer.experiment import ExperimentConfig
-from teacher_service.app import build_app
+from teacher_service.app import ServeFile, build_app
 from teacher_service.spec import ServiceConfig
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -45,17 +45,18 @@ def test_run_configs_validate(path):
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.name)
 def test_experiment_files_validate(path):
-    """Every run an experiment file plans is a valid run config, and its teacher app is in its serve config."""
-    experiment = load_config(ExperimentConfig, path)
-    runs = experiment.runs()
+    """Every run an experiment file plans is a valid run config; its rows train for the same step
+    budget on each dataset; its teacher app's serve config holds every teacher it names."""
+    runs = load_config(ExperimentConfig, path).runs()
     assert runs
+    for dataset in {d for _, d, _, _ in runs}:
+        budgets = {(r.train.epochs, r.train.batch_size, r.train.max_steps) for _, d, _, r in runs if d == dataset}
+        assert len(budgets) == 1, f"{dataset}: rows train for different step budgets {budgets}"
     for _, _, _, run in runs:
         if run.teacher.serve_config is not None:
-            raw = yaml.safe_load((DEPLOY.parent / run.teacher.serve_config).read_text())
-            apps = {a["name"]: a for a in raw["applications"]}
-            assert run.teacher.app_name in apps
-            names = {t["name"] for t in apps[run.teacher.app_name]["args"]["teachers"]}
-            assert {run.teacher.teacher, *(t.name for t in run.teacher.teachers or [])} <= names
+            serve_file = ServeFile(DEPLOY.parent / run.teacher.serve_config)
+            assert serve_file.app_name == run.teacher.app_name
+            assert {m.name for m in run.teacher.members()} <= {t.name for t in serve_file.config.teachers}
 
 
 def test_gpu_teachers_ask_for_gpus():

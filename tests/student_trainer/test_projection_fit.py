@@ -40,12 +40,13 @@ def wide_teacher_run(tmp_path, tiny_bert_dir, mini_beir, init: str = "least_squa
     })
 
 
-def test_only_a_fresh_map_between_different_widths_is_fitted(tiny_bert_dir, mini_beir, tmp_path):
-    wide = wide_teacher_run(tmp_path, tiny_bert_dir, mini_beir)
-    assert needs_fit(wide, build_student(wide, {"dim": 384}))
-    assert not needs_fit(wide, build_student(wide, {"dim": 32}))  # equal widths: the identity start
+def test_only_a_map_between_different_widths_is_fitted(tiny_bert_dir, mini_beir, tmp_path):
+    wide = wide_teacher_run(tmp_path, tiny_bert_dir, mini_beir)  # the tiny student is 32 wide
+    assert needs_fit(wide, 384)
+    assert not needs_fit(wide, 32)  # equal widths: the identity start
+    assert not needs_fit(wide, None)  # a [CLS]-pooled cross-encoder: the student keeps its own width
     random = wide_teacher_run(tmp_path, tiny_bert_dir, mini_beir, init="random")
-    assert not needs_fit(random, build_student(random, {"dim": 384}))
+    assert not needs_fit(random, 384)
 
 
 def test_a_run_under_a_wider_teacher_trains_from_the_fitted_projection(teacher_app, tiny_bert_dir, mini_beir, tmp_path):
