@@ -227,7 +227,7 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
         for e in block["rows"]:
             for commit in e.get("commits", []):
                 commits.setdefault(commit, []).append(e["row"])
-    if len(commits) > 1:  # rows reused from earlier commands: say which code trained which
+    if set(commits) - {meta["commit"]}:  # rows reused from earlier commands: say which code trained which
         lines += ["Trained at: " + "; ".join(f"`{_short_commit(c)}` ({', '.join(dict.fromkeys(rows))})" for c, rows in commits.items()), ""]
     lines.append("Mean ± sample standard deviation over seeds where a row ran with more than one.")
     return "\n".join(lines) + "\n"

@@ -84,6 +84,10 @@ def test_rows_with_different_teachers_keep_their_own_teacher():
     assert "| teacher ce-dual | ce-dual | 0.800 |" in md and "nDCG@10, full retrieval" in md
     assert "| a | ce-cls | 0.400 | 0.400 | 1.000 | 0.800 | 0.200 | 10 | 5 |" in md
     assert "Trained at: `ce-cls-commi` (a); `ce-dual-comm (dirty tree)` (b)" in md  # rows trained by different code say so
+    one_commit = collect_rows(exp, {("a", "wikiqa"): [metrics("ce-cls", 0.5, 0.4)]})
+    meta = {"command": "c", "commit": "ce-cls-commit", "date": "d", "machine": "m"}
+    assert "Trained at" not in render_markdown(exp, one_commit, meta)  # the header's commit trained every row
+    assert "Trained at: `ce-cls-commi` (a)" in render_markdown(exp, one_commit, {**meta, "commit": "later"})  # reused runs
 
 
 def test_only_and_datasets_select_runs():
