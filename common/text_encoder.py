@@ -18,7 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from common.batching import plan_batches
+from common.batching import default_token_budget, plan_batches
 from common.model_registry import resolve_model
 from common.pooling import get_pooler
 
@@ -192,15 +192,17 @@ class TextEncoder(nn.Module):
     def encode(
         self,
         texts: Sequence[str],
-        token_budget: int = 16384,
+        token_budget: int | None = None,
         max_batch_size: int = 256,
         sort: bool = True,
         show_progress: bool = False,
         desc: str = "encoding",
         max_length: int | None = None,
     ) -> np.ndarray:
-        """Embeddings ``[len(texts), dim]`` as float32 numpy, in input order."""
+        """Embeddings ``[len(texts), dim]`` as float32 numpy, in input order; ``token_budget``
+        caps each forward pass's padded tokens (default: the device's, see :mod:`common.batching`)."""
         ids = self.tokenize(texts, max_length)
+        token_budget = token_budget or default_token_budget(self.device.type)
         out = np.empty((len(ids), self.dim), dtype=np.float32)
         with tqdm(total=len(ids), disable=not show_progress, desc=desc, unit="text") as bar:
             for index, batch in self.iter_batches(ids, token_budget, max_batch_size, sort=sort):

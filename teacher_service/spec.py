@@ -50,7 +50,8 @@ class TeacherSpec(StrictModel):
     max_queued_requests: int = Field(256, ge=-1, description="Requests queued per deployment before the service answers 429 (-1: unbounded).")
     batch_max_tokens: int = Field(32768, ge=1024, description="Dynamic batching: most (estimated) tokens merged into one batch across requests.")
     batch_wait_timeout_s: float = Field(0.005, ge=0, description="Dynamic batching: how long a batch waits for more requests.")
-    token_budget: int = Field(16384, ge=64, description="Padded tokens per forward pass (length-sorted batching).")
+    token_budget: int | None = Field(None, ge=64, description="Padded tokens per forward pass (length-sorted batching); "
+                                     "default: 2048 on a CPU (passes that stay in cache), 65536 on a GPU.")
     torch_threads: int | None = Field(None, ge=1, description="Intra-op threads; default: the replica's num_cpus.")
     cache: CacheConfig = Field(default_factory=CacheConfig, description="Cache of computed encodings, so repeated texts are never re-encoded.")
 

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
+from common.batching import default_token_budget
+
 from teacher_service.errors import UnsupportedSignal
 from teacher_service.schemas import AnyRequest, EncodeRequest, Role, ScoreRequest, SignalsRequest
 
@@ -130,13 +132,14 @@ class Teacher(ABC):
     signals_offered: ClassVar[tuple[str, ...]]
 
     def __init__(self, name: str, checkpoint: str, options: Any = None, device: str = "cpu",
-                 token_budget: int = 16384, dtype: str = "float32") -> None:
+                 token_budget: int | None = None, dtype: str = "float32") -> None:
         self.name = name
         self.dtype = dtype  # the weights dtype, resolved ("auto" never reaches a teacher)
         self.checkpoint = checkpoint
         self.options = options
         self.device = torch.device(device)
-        self.token_budget = token_budget  # padded tokens per forward pass (length-sorted batches)
+        # Padded tokens per forward pass (length-sorted batches); small on a CPU, large on a GPU.
+        self.token_budget = token_budget or default_token_budget(self.device.type)
 
     @abstractmethod
     def _info(self) -> TeacherInfo:

@@ -134,7 +134,7 @@ class ColBERTTeacher(RepresentationTeacher):
     Options = ColBERTOptions
 
     def __init__(self, name: str, checkpoint: str, options: ColBERTOptions, device: str = "cpu",
-                 dtype: str = "float32", token_budget: int = 16384) -> None:
+                 dtype: str = "float32", token_budget: int | None = None) -> None:
         super().__init__(name, checkpoint, options, device, token_budget, dtype)
         model_dir = resolve_model(checkpoint)
         meta = read_metadata(model_dir)

@@ -100,7 +100,7 @@ class CrossEncoderTeacher(Teacher):
     Options = CrossEncoderOptions
 
     def __init__(self, name: str, checkpoint: str, options: CrossEncoderOptions, device: str = "cpu",
-                 dtype: str = "float32", token_budget: int = 16384) -> None:
+                 dtype: str = "float32", token_budget: int | None = None) -> None:
         super().__init__(name, checkpoint, options, device, token_budget, dtype)
         model_dir = resolve_model(checkpoint)
         meta = read_ce_meta(model_dir)

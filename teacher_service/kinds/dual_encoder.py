@@ -31,7 +31,7 @@ class DualEncoderTeacher(RepresentationTeacher):
     Options = DualEncoderOptions
 
     def __init__(self, name: str, checkpoint: str, options: DualEncoderOptions, device: str = "cpu",
-                 dtype: str = "float32", token_budget: int = 16384) -> None:
+                 dtype: str = "float32", token_budget: int | None = None) -> None:
         super().__init__(name, checkpoint, options, device, token_budget, dtype)
         self.encoder = TextEncoder.from_pretrained(
             checkpoint, pooling=options.pooling, normalize=options.normalize,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.batching import plan_batches
+from common.batching import default_token_budget, plan_batches
 from common.config import ConfigError, StrictModel, load_config
 from common.datasets import DataError, load_beir, read_parquet, read_triples_tsv, write_parquet
 from common.model_registry import ModelNotFoundError, PackagedModel, SplitZipModel, resolve_model
@@ -99,6 +99,23 @@ def test_text_encoder_batched_equals_one_by_one(tiny_bert_dir):
     np.testing.assert_allclose(batched, single, rtol=1e-4, atol=1e-5)
     with torch.no_grad():
         np.testing.assert_allclose(enc.embed(texts).numpy(), batched, rtol=1e-4, atol=1e-5)
+
+
+def test_encode_defaults_to_the_devices_token_budget(tiny_bert_dir):
+    """Without a budget, a CPU encoder runs small passes (they stay in cache: faster on a CPU); a
+    GPU's default is large, and an unknown device type gets the CPU's."""
+    assert default_token_budget("cpu") == 2048 < default_token_budget("cuda") == default_token_budget("cuda:1")
+    assert default_token_budget("mps") == default_token_budget("cpu")
+    enc = TextEncoder.from_pretrained(tiny_bert_dir).eval()
+    shapes: list[tuple[int, int]] = []
+    enc.model.register_forward_hook(lambda module, args, kwargs, out: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    texts = [("glacier cave ice " * 60)[: 40 + 7 * i] for i in range(64)]
+    enc.encode(texts)
+    assert len(shapes) > 1 and sum(n for n, _ in shapes) == len(texts)
+    assert all(n * length <= default_token_budget("cpu") for n, length in shapes)
+    shapes.clear()
+    enc.encode(texts, token_budget=10**6)
+    assert len(shapes) == 1  # an explicit budget still wins
 
 
 def test_truncated_student_keeps_first_layers(tiny_bert_dir):
