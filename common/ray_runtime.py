@@ -32,15 +32,14 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, **kwargs
             raise RayConnectError(f"no Ray cluster reachable at --address {address} ({str(exc).splitlines()[0]}); "
                                   "start one with `ray start --head` or drop --address to run locally") from None
     # The teacher replica and the trainer compute at the same time (the next batch's signals are
-    # prefetched), each with an OpenMP pool as wide as the machine. GNU OpenMP's idle threads spin
-    # for up to 300,000 iterations before they sleep, and spinning threads steal the other
-    # process's cores: the served-teacher training step took 1.15x an in-process teacher's
-    # (bench/coupling_overhead.py). Sleeping at once (OMP_WAIT_POLICY=PASSIVE) fixed that but
-    # made every forward pass ~9% slower, its threads woken between each pair of operations
-    # (measured in a Ray actor: 26.9 against 29.4 scifact documents/s). 10,000 spins bridge the
-    # gaps inside a forward pass (29.1/s) and still let an idle pool sleep within a fraction of a
-    # millisecond. Set before Ray starts: workers inherit the environment, OpenMP reads it on start.
-    os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+    # prefetched), each with an OpenMP pool as wide as the machine; spinning idle OpenMP threads
+    # then steal the other process's cores. Passive waiting took the served-teacher training
+    # step from 1.15x to 1.02x an in-process teacher's (bench/coupling_overhead.py). It costs a
+    # lone replica ~9% (26.9 against 29.1-29.4 documents/s in a Ray actor, where OpenMP's threads
+    # spin 10,000 times or by default), but bounded spinning (GOMP_SPINCOUNT=10000) slowed the
+    # default run's training from 188 to 203-204 s: the job, where both share the cores, wins.
+    # Set before Ray starts: its worker processes inherit the environment and OpenMP reads it on start.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     # Ray's CPUs are logical scheduling units. A teacher replica, Train workers and Ray Data's
     # small tasks each hold some; on a 2-core laptop their sum exceeds the physical count and
     # one of them would wait forever, so the embedded instance declares at least 4.
