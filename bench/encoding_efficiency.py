@@ -51,11 +51,11 @@ def synced(fn: Callable[[], Any], device: str) -> Callable[[], Any]:
     return run
 
 
-def matmul_gflops(threads: int, n: int = 1536, repeats: int = 5, device: str = "cpu", dtype: str = "float32") -> float:
-    """The machine's matmul rate in ``dtype`` with ``threads`` threads (best of ``repeats``); on a
-    GPU with larger matrices (8,192), which it needs to reach its peak."""
+def matmul_gflops(threads: int, repeats: int = 5, device: str = "cpu", dtype: str = "float32") -> float:
+    """The machine's matmul rate in ``dtype`` with ``threads`` threads (best of ``repeats``), on
+    1,536-wide matrices on a CPU and 8,192-wide on a GPU, which needs them to reach its peak."""
     torch.set_num_threads(threads)
-    n = 8192 if device.startswith("cuda") else n
+    n = 8192 if device.startswith("cuda") else 1536
     a = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
     b = torch.randn(n, n, device=device, dtype=DTYPES[dtype])
     mm = synced(lambda: torch.mm(a, b), device)

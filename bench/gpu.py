@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from benchlib import print_table, write_result
-from common.batching import plan_batches
+from common.batching import default_token_budget, plan_batches
 from common.datasets import BeirDataset, load_beir
 from common.metrics import evaluate_run
 from common.text_encoder import DTYPES, TextEncoder
@@ -204,7 +204,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="minilm-l6", help="dual-encoder teacher: registry name or directory")
     ap.add_argument("--dataset", default="scifact")
-    ap.add_argument("--token-budget", type=int, default=65536, help="padded tokens per length-sorted batch")
+    ap.add_argument("--token-budget", type=int, default=default_token_budget("cuda"), help="padded tokens per length-sorted batch")
     ap.add_argument("--k", type=int, default=100)
     ap.add_argument("--texts", type=int, default=1024, help="documents per kinds workload")
     ap.add_argument("--sections", nargs="+", choices=("corpus", "train", "kinds"), default=["corpus", "train", "kinds"],

@@ -32,8 +32,8 @@ from student_trainer.agreement_monitor import AgreementMonitor, kl_temperature
 from student_trainer.config import RunConfig
 from student_trainer.losses import DistillBatch, build_loss, kl_teacher_student
 from student_trainer.negative_refresh import NegativeRefresher, TrainingQueries
-from student_trainer.students import DualEncoderStudent
 from student_trainer.projection_fit import apply_projection
+from student_trainer.students import DualEncoderStudent
 from student_trainer.teacher_index import DocEmbeddings
 from student_trainer.teacher_signals import Pending, TeacherMember, TeacherSignals, TeacherSignalSource, TrainBatch, as_tensor
 from teacher_service.client import TeacherClient

@@ -22,7 +22,6 @@ import torch
 from pydantic import BaseModel, Field
 
 from common.batching import default_token_budget
-
 from teacher_service.errors import UnsupportedSignal
 from teacher_service.schemas import AnyRequest, EncodeRequest, Role, ScoreRequest, SignalsRequest
 
