@@ -6,6 +6,7 @@ Every field has a help string; unknown keys are errors.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,12 +14,24 @@ from pydantic import Field, field_validator, model_validator
 
 from common.config import ConfigError, StrictModel, load_config, parse_config
 from student_trainer.score_calibration import Calibration
-from student_trainer.students import StudentConfig
+from student_trainer.students import DEFAULT_SCORE_SCALE, StudentConfig
 
 DEFAULT_LOSSES: dict[str, dict[str, Any]] = {
     "in_batch_kl": {"weight": 1.0, "tau": 0.25, "gamma": 0.1},
     "query_embedding": {"weight": 1.0},
 }
+
+
+def tied_score_scale(losses: dict[str, dict[str, Any]]) -> float:
+    """``1 / tau`` of the run's tempered loss (``in_batch_kl``, else ``score_bce``), with each loss's
+    own default tau when the config leaves it out; ``DEFAULT_SCORE_SCALE`` with neither."""
+    from student_trainer.losses import LOSSES
+
+    for name in ("in_batch_kl", "score_bce"):
+        if name in losses:
+            tau = losses[name].get("tau", inspect.signature(LOSSES[name]).parameters["tau"].default)
+            return 1.0 / float(tau)
+    return DEFAULT_SCORE_SCALE
 
 
 class EnsembleMember(StrictModel):
@@ -190,6 +203,14 @@ class RunConfig(StrictModel):
     @classmethod
     def _absolute(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _tie_score_scale(self) -> RunConfig:
+        # The student's logits are score_scale * similarity and the teacher's targets s_t / tau: with
+        # score_scale = 1 / tau the in-batch KL's optimum is the teacher's own scores (see InBatchKLLoss).
+        if self.student.score_scale is None:
+            self.student.score_scale = tied_score_scale(self.train.losses)
+        return self
 
     @property
     def run_dir(self) -> Path:

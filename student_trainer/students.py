@@ -24,6 +24,10 @@ from common.scoring import similarity_fns
 from common.text_encoder import TextEncoder
 
 
+# 1 / 0.25, TCT-ColBERT's teacher temperature: the scale of a student without a tempered loss to tie it to.
+DEFAULT_SCORE_SCALE = 4.0
+
+
 class StudentConfig(StrictModel):
     """What the student is and how it scores."""
 
@@ -40,10 +44,12 @@ class StudentConfig(StrictModel):
         "'random' leaves torch's initialisation. A projection between equal widths starts as the identity."))
     projection_fit_queries: int = Field(4096, ge=2, description="Training and extra queries (at most) the fit uses.")
     similarity: Literal["dot", "cosine"] = Field("dot", description="Student score function (match the teacher's).")
-    score_scale: float = Field(4.0, gt=0, description=(
-        "Multiplier on student scores before softmax-based losses. Normalised embeddings give scores in [-1, 1]: "
-        "without a scale the student's in-batch distribution cannot become as sharp as the teacher's "
-        "softmax(s/tau); 1/tau (4.0 for tau=0.25) puts both on the same footing."))
+    score_scale: float | None = Field(None, gt=0, description=(
+        "Multiplier on the student's similarity to make the logits of the softmax/sigmoid losses (one-hot, in-batch "
+        "KL, score BCE); Margin-MSE and score MSE match the unscaled similarity. Normalised embeddings give "
+        "similarities in [-1, 1], too flat a softmax without a scale. Default (None): tied to the run's teacher "
+        "temperature, 1/tau of train.losses.in_batch_kl (else of score_bce), so that the in-batch KL is zero exactly "
+        "when the student's similarity equals the teacher's score; 4.0 (TCT's 1/0.25) in a run with neither."))
     freeze_embeddings: bool = Field(False, description=(
         "Keep the (teacher-initialised) token embeddings frozen: they hold most of a small student's "
         "parameters, and their dense gradient and optimizer update dominate a 2-layer step's cost."))
@@ -114,9 +120,14 @@ class DualEncoderStudent(nn.Module):
         enc = self.query_encoder
         return self.projection(enc(**enc.collate(enc.tokenize(texts, self.config.max_document_length))))
 
+    @property
+    def score_scale(self) -> float:
+        """The factor on the similarity (``StudentConfig.score_scale``; a run resolves the default)."""
+        return self.config.score_scale if self.config.score_scale is not None else DEFAULT_SCORE_SCALE
+
     def score(self, queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
-        """Scaled in-batch scores ``[nq, nd]`` from projected embeddings."""
-        return self.config.score_scale * self._matrix(queries, documents)
+        """Scaled in-batch scores ``[nq, nd]`` from projected embeddings (logits of the softmax losses)."""
+        return self.score_scale * self._matrix(queries, documents)
 
     def forward(self, queries: list[str], num_scored: int, documents: list[str] | None = None,
                 document_embeddings: torch.Tensor | None = None) -> StudentOutput:

@@ -219,7 +219,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 teacher_doc_emb=doc_emb_t if out.document_embeddings is not None else None,
                 student_joint_emb=_f32(out.joint_embeddings),
                 teacher_joint_emb=as_tensor(signals.joint_embeddings) if signals.joint_embeddings is not None else None,
-                num_negatives=k,
+                num_negatives=k, score_scale=student.score_scale,
             )
             loss = loss_fn(batch)
             optimizer.zero_grad(set_to_none=True)

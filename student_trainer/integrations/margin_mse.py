@@ -22,8 +22,12 @@ class OnlineMarginMSELoss(OnlineTeacherLoss):
         L = mean_{i, j} ( (s(q_i, d_i^+) - s(q_i, d_ij^-)) - (t(q_i, d_i^+) - t(q_i, d_ij^-)) )^2
 
     over the ``B`` queries of the batch and each of their ``k`` negatives, ``s`` the student's
-    ``similarity_fct`` of the embeddings, ``t`` the teacher's score. Only margins are matched, so
-    the teacher may score on another scale (a cross-encoder's logits, ColBERT's MaxSim sums).
+    ``similarity_fct`` of the embeddings, ``t`` the teacher's score. Only margins are matched, so a
+    per-query offset does not matter, but the scale does: a student whose margins are ``c`` times
+    the teacher's keeps a loss of ``(c - 1)^2 margin^2``. The paper's students are unnormalised
+    dot products that can learn the teacher's scale (a cross-encoder's logits, ColBERT's MaxSim
+    sums); a student with normalised embeddings (cosine scores in [-1, 1]) can match only a
+    teacher that scores in the same units, such as a cosine dual-encoder.
 
     The same loss as sentence-transformers' ``MarginMSELoss`` given the teacher's scores as labels
     ``[M(q, pos), M(q, neg_1), ...]``; here the scores come from the live teacher (one ``pairs``

@@ -43,7 +43,7 @@ class DistillBatch:
 
     Attributes:
         student_scores: ``[B, N]`` float, student scores of every query against every in-batch
-            document (already multiplied by the student's ``score_scale``).
+            document, already multiplied by ``score_scale`` (logits for the softmax losses).
         labels: ``[B]`` long, column of each query's positive; must equal the layout,
             ``labels[i] == i * (1 + num_negatives)`` (see ``layout_labels``).
         teacher_scores: ``[B, N]`` teacher scores on the same layout, or None.
@@ -60,6 +60,9 @@ class DistillBatch:
             positive (a learned map of the pair's two embeddings), or None.
         teacher_joint_emb: ``[B, d_j]`` a cross-encoder's joint [CLS] embedding of the same pairs, or None.
         num_negatives: negatives per query in the layout (``>= 0``).
+        score_scale: the factor ``student_scores`` carry (``StudentConfig.score_scale``, > 0).
+            Losses that match scores in the teacher's own units (Margin-MSE, score MSE) divide it
+            out through :meth:`student_similarity`; the softmax losses use the scaled logits.
 
     Example:
         >>> B, k = 2, 1
@@ -79,16 +82,19 @@ class DistillBatch:
     student_joint_emb: Tensor | None = None
     teacher_joint_emb: Tensor | None = None
     num_negatives: int = 1
+    score_scale: float = 1.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name != "num_negatives" and value is not None and not isinstance(value, Tensor):
+            if f.name not in ("num_negatives", "score_scale") and value is not None and not isinstance(value, Tensor):
                 raise ValueError(f"DistillBatch.{f.name} must be a torch.Tensor or None, got {type(value).__name__}")
         self._move_targets_to_student_device()
         k = self.num_negatives
         if isinstance(k, bool) or not isinstance(k, int) or k < 0:
             raise ValueError(f"DistillBatch.num_negatives must be an int >= 0, got {k!r}")
+        if isinstance(self.score_scale, bool) or not isinstance(self.score_scale, (int, float)) or not self.score_scale > 0:
+            raise ValueError(f"DistillBatch.score_scale must be a number > 0, got {self.score_scale!r}")
         s = self.student_scores
         if s.dim() != 2 or not s.is_floating_point():
             raise ValueError(f"DistillBatch.student_scores must be a 2-D float tensor [B, N], got "
@@ -174,6 +180,11 @@ class DistillBatch:
         start = self.labels[:, None]
         return start + torch.arange(self.group_size, device=start.device, dtype=torch.long)[None, :]
 
+    def student_similarity(self) -> Tensor:
+        """``[B, N]`` the student's scores in its similarity's own units (``student_scores / score_scale``):
+        what a loss compares with the teacher's scores when it matches values, not distributions."""
+        return self.student_scores / self.score_scale
+
     def group_scores(self, scores: Tensor) -> Tensor:
         """Each query's scores on its own documents: ``[B, N] -> [B, 1 + num_negatives]``, positive first."""
         if scores.shape != self.student_scores.shape:
@@ -181,19 +192,22 @@ class DistillBatch:
                              f"{tuple(self.student_scores.shape)}")
         return scores.gather(1, self.group_columns())
 
-    def scoped(self, scope: Scope, need_teacher: bool, owner: str) -> tuple[Tensor, Tensor | None, Tensor]:
-        """``(student_scores, teacher_scores, labels)`` restricted to ``scope``.
+    def scoped(self, scope: Scope, need_teacher: bool, owner: str,
+               similarity: bool = False) -> tuple[Tensor, Tensor | None, Tensor]:
+        """``(student_scores, teacher_scores, labels)`` restricted to ``scope``; with ``similarity``
+        the student's side is :meth:`student_similarity` (unscaled) instead of the logits.
 
         ``"in_batch"``: all ``N`` columns and the batch labels. ``"triplet"``: each query's own
         group only (``[B, 1 + num_negatives]``), where the positive is column 0.
         """
         teacher = self.require("teacher_scores", owner) if need_teacher else self.teacher_scores
+        student = self.student_similarity() if similarity else self.student_scores
         if scope == "in_batch":
-            return self.student_scores, teacher, self.labels
+            return student, teacher, self.labels
         if scope == "triplet":
             labels = torch.zeros_like(self.labels)
             own_teacher = None if teacher is None else self.group_scores(teacher)
-            return self.group_scores(self.student_scores), own_teacher, labels
+            return self.group_scores(student), own_teacher, labels
         raise ValueError(f"{owner}: scope must be one of {list(SCOPES)}, got {scope!r}")
 
     def require(self, name: str, owner: str) -> Tensor:

@@ -57,9 +57,14 @@ class InBatchKLLoss(nn.Module):
         L = (1/B) sum_i [ gamma * -log P(d_i^+ | q_i) + (1 - gamma) * KL(P_hat(.|q_i) || P(.|q_i)) ]
 
     Only the teacher is divided by ``tau`` (as in TCT Eq. 5): the student's scores are its logits.
-    ``DualEncoderStudent`` multiplies its scores by ``StudentConfig.score_scale`` (default 4 = 1/0.25)
-    so a student with normalised embeddings can match the teacher's sharpness. Eq. 6 sums over
-    queries; this mean keeps the scale independent of ``B`` (``reduction="batchmean"``).
+    TCT's student is an unnormalised dot product that learns its own scale; a normalised student's
+    similarity lies in [-1, 1], so ``DualEncoderStudent`` multiplies it by
+    ``StudentConfig.score_scale``. The KL is zero when ``score_scale * s_s = s_t / tau``: the
+    student reproduces the teacher's own scores exactly when ``score_scale = 1 / tau``, which is
+    the scale's default in a run with this loss (tied to ``tau``; 4 for TCT's 0.25). Another scale
+    makes the optimum a rescaled teacher (``s_s = s_t / (tau * score_scale)``): the same ranking,
+    other numbers, pulled apart by any loss that matches values (embedding matching, Margin-MSE).
+    Eq. 6 sums over queries; this mean keeps the scale independent of ``B`` (``reduction="batchmean"``).
 
     Scope (TCT Table 3):
         * ``"in_batch"`` (default, TCT condition 3): ``C_i`` is all ``N`` in-batch documents,

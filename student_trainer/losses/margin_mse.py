@@ -41,13 +41,21 @@ class MarginMSELoss(nn.Module):
         L = mean_{i, j} ( (s_s(q_i, d_i^+) - s_s(q_i, d_ij^-)) - (s_t(q_i, d_i^+) - s_t(q_i, d_ij^-)) )^2
 
     over every query ``i`` and each of its own ``num_negatives`` negatives ``j`` (with one negative
-    per query this is the paper's triplet loss). Only margins are matched, so teacher and student
-    scores may live on different scales (e.g. a cross-encoder or ColBERT teacher and a dot-product
-    student); an offset shared by a query's scores does not matter. Other queries' documents are
-    not used.
+    per query this is the paper's triplet loss). Other queries' documents are not used.
 
-    Inputs (``DistillBatch``): ``student_scores [B, N]``, ``teacher_scores [B, N]``,
-    ``num_negatives >= 1``; the groups come from ``DistillBatch.group_scores``.
+    Scale: only margins are matched, so an offset shared by a query's scores does not matter, but
+    the *scale* does: a student whose margins are ``c`` times the teacher's has loss
+    ``(c - 1)^2 margin^2``, and its optimum is the teacher only when both score in the same units.
+    ``s_s`` is therefore the student's similarity itself (``DistillBatch.student_similarity``, the
+    scores without ``StudentConfig.score_scale``, which exists for the softmax losses), and ``s_t``
+    the teacher's score after ``teacher.calibration``. A cosine dual-encoder teacher and a
+    normalised student share units as they are; a teacher on another scale (a cross-encoder's
+    logits, ColBERT's MaxSim sums) is brought to the student's with ``teacher.calibration:
+    temperature`` (``teacher.temperature`` = the ratio of the two scales) — the paper's students
+    are unnormalised dot products that learn any scale, a normalised one cannot.
+
+    Inputs (``DistillBatch``): ``student_scores [B, N]`` with their ``score_scale``,
+    ``teacher_scores [B, N]``, ``num_negatives >= 1``; the groups come from ``DistillBatch.group_scores``.
 
     Hyper-parameters: none.
 
@@ -68,7 +76,7 @@ class MarginMSELoss(nn.Module):
         if batch.num_negatives < 1:
             raise ValueError(f"{name} needs at least one negative per query, but the batch has num_negatives=0; "
                              "sample hard negatives or use OneHotCrossEntropyLoss / InBatchKLLoss")
-        return margin_mse(batch.group_scores(batch.student_scores), batch.group_scores(teacher))
+        return margin_mse(batch.group_scores(batch.student_similarity()), batch.group_scores(teacher))
 
     def get_config_dict(self) -> dict[str, Any]:
         return {}

@@ -50,15 +50,17 @@ class ScoreMSELoss(nn.Module):
 
         L = mean_{i, j in C_i} (s_s(q_i, d_j) - s_t(q_i, d_j))^2
 
-    Averaged over every scored pair, so the scale does not depend on ``B`` or ``N``. Raw scores are
-    matched, so the student must score on the teacher's scale (use ``MarginMSELoss`` across
-    architectures whose scales differ).
+    Averaged over every scored pair, so the scale does not depend on ``B`` or ``N``. Values are
+    matched, so ``s_s`` is the student's similarity itself (``DistillBatch.student_similarity``,
+    without ``StudentConfig.score_scale``) and the teacher must score in the same units (a cosine
+    dual-encoder does; bring other teachers there with ``teacher.calibration``). Offsets count too:
+    ``MarginMSELoss`` ignores a per-query offset, not a scale.
 
     Args:
         scope: ``"in_batch"`` (default): all ``B x N`` pairs; ``"triplet"``: each query's own
             positive and negatives only (``B x (1 + num_negatives)`` pairs).
 
-    Inputs (``DistillBatch``): ``student_scores [B, N]``, ``teacher_scores [B, N]``.
+    Inputs (``DistillBatch``): ``student_scores [B, N]`` with their ``score_scale``, ``teacher_scores [B, N]``.
 
     Related: ``ScoreBCELoss``, ``MarginMSELoss``, ``InBatchKLLoss``.
 
@@ -75,7 +77,7 @@ class ScoreMSELoss(nn.Module):
         self.scope = check_choice("scope", scope, SCOPES, type(self).__name__)
 
     def forward(self, batch: DistillBatch) -> Tensor:
-        student, teacher, _ = batch.scoped(self.scope, need_teacher=True, owner=type(self).__name__)
+        student, teacher, _ = batch.scoped(self.scope, need_teacher=True, owner=type(self).__name__, similarity=True)
         return score_mse(student, teacher)
 
     def get_config_dict(self) -> dict[str, Any]:
@@ -96,7 +98,9 @@ class ScoreBCELoss(nn.Module):
 
     Each (query, document) pair is an independent binary relevance estimate, unlike the listwise
     ``InBatchKLLoss``. Only the teacher is tempered (``tau=1`` uses its scores as they are, as
-    in Theorem 3.1); the optimum is ``s_s = s_t / tau``. Averaged
+    in Theorem 3.1); the optimum is ``s_s = s_t / tau`` in logits, i.e. the student's similarity
+    equals the teacher's score when ``StudentConfig.score_scale = 1 / tau`` (its default when this
+    is the run's tempered loss). Averaged
     over every scored pair (the paper sums over documents; the mean keeps the scale independent of
     ``N``).
 
