@@ -7,6 +7,7 @@ drawn at random; training then asks the teacher online for the scores of every i
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -75,10 +76,8 @@ def build_examples(dataset: BeirDataset, query_ids: list[str], config: DataConfi
             rows["positive"].append(texts[dataset.doc_index[pos]])
             rows["negative_ids"].append(negs)
             rows["negatives"].append([texts[dataset.doc_index[d]] for d in negs])
-    table = pa.Table.from_pydict(rows, schema=EXAMPLES_SCHEMA)
-    # Shuffle once, seeded: Ray Data then reads a fixed order, so a resumed run can skip exactly
-    # the batches it has already trained on.
-    return table.take(rng.permutation(table.num_rows))
+    # In query order: the training loop draws a fresh seeded order every epoch (epoch_batches).
+    return pa.Table.from_pydict(rows, schema=EXAMPLES_SCHEMA)
 
 
 def label_free_examples(dataset: BeirDataset, queries: list[str], config: DataConfig, doc_index: DocEmbeddings,
@@ -115,3 +114,20 @@ def _choose_negatives(pool: list[str], relevant: set[str], dataset: BeirDataset,
         if d not in relevant and d not in chosen:
             chosen.append(d)
     return chosen
+
+
+def epoch_batches(rows: dict[str, np.ndarray], batch_size: int, seed: int, epoch: int,
+                  rank: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """One epoch of a worker's examples in full batches, in an order drawn afresh for each epoch.
+
+    Each epoch permutes all rows with a generator seeded by ``(seed, rank, epoch)``: in-batch
+    negatives (the other queries' documents) change from epoch to epoch, and the rows the last,
+    partial batch would hold (dropped: the layout needs ``batch_size`` queries) differ too, so
+    every example is trained on. The same seed, rank and epoch give the same order, so a resumed
+    run skips exactly the batches it has already trained on.
+    """
+    n = len(next(iter(rows.values()))) if rows else 0
+    order = np.random.default_rng([seed, rank, epoch]).permutation(n)
+    for start in range(0, n - batch_size + 1, batch_size):
+        take = order[start : start + batch_size]
+        yield {name: column[take] for name, column in rows.items()}

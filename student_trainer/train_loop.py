@@ -30,6 +30,7 @@ from ray.train import Checkpoint
 from common.text_encoder import training_autocast
 from student_trainer.agreement_monitor import AgreementMonitor, kl_temperature
 from student_trainer.config import RunConfig
+from student_trainer.examples import epoch_batches
 from student_trainer.losses import DistillBatch, build_loss, kl_teacher_student
 from student_trainer.negative_refresh import NegativeRefresher, TrainingQueries
 from student_trainer.projection_fit import apply_projection
@@ -51,6 +52,16 @@ def to_train_batch(rows: dict[str, np.ndarray], num_negatives: int, extra: list[
         doc_ids += [str(pos_id), *map(str, neg_ids[:num_negatives])]
         documents += [str(pos), *map(str, negs[:num_negatives])]
     return TrainBatch([str(q) for q in rows["query"]], extra, doc_ids, documents, num_negatives)
+
+
+def read_shard(shard: Any) -> dict[str, np.ndarray]:
+    """This worker's examples as columns, read once: each epoch then reorders them in memory
+    (``epoch_batches``), instead of reading Ray Data's fixed order again. One row per training
+    query (or pseudo-query), so a shard is small next to the models."""
+    parts = list(shard.iter_batches(batch_size=None, batch_format="numpy"))
+    if not parts:
+        return {}
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 
 
 def _f32(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -177,10 +188,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     board = loop_config.get("progress_board")
     window: dict[str, list[float]] = {}
 
+    examples = read_shard(shard)
+
     def batches(epoch: int, skip: int, budget: int) -> Iterator[TrainBatch]:
         """This epoch's batches after the first ``skip``, at most ``budget`` of them (so the
         prefetcher never asks the teacher about a batch that will not be trained on)."""
-        for i, rows in enumerate(shard.iter_batches(batch_size=cfg.batch_size, batch_format="numpy", drop_last=True)):
+        for i, rows in enumerate(epoch_batches(examples, cfg.batch_size, cfg.seed, epoch, rank)):
             if i < skip:
                 continue  # already trained on before the restart
             if i - skip >= budget:
