@@ -2,8 +2,9 @@
 
 An asymmetric student inherits them (EmbedDistill's "inherit doc embeddings"), negatives are mined
 from them, and both teacher and student are evaluated against them. The cache key covers the
-teacher's self-description (kind, checkpoint, dims, lengths) and the corpus ids, so a changed
-teacher or corpus is re-encoded and an unchanged one never is.
+teacher's self-description (kind, checkpoint, dims, lengths, dtype, and its fingerprint: the
+checkpoint's file contents and the options that change outputs) and the corpus's ids and texts, so
+a changed teacher or corpus is re-encoded and an unchanged one never is.
 """
 
 from __future__ import annotations
@@ -44,11 +45,22 @@ class DocEmbeddings:
         return DenseIndex.from_embeddings(self.ids, self.emb)
 
 
+def corpus_hash(dataset: BeirDataset) -> str:
+    """Hash of the corpus's ids and texts in order: an edited document under the same id changes it."""
+    digest = hashlib.sha256()
+    for doc_id, text in zip(dataset.doc_ids, dataset.doc_texts):
+        # Length-prefixed, so no two corpora hash alike by moving text across a boundary.
+        for part in (doc_id, text):
+            raw = part.encode("utf-8", "surrogatepass")
+            digest.update(len(raw).to_bytes(8, "little") + raw)
+    return digest.hexdigest()
+
+
 def cache_key(teacher_info: dict[str, Any], dataset: BeirDataset) -> str:
-    """Hash of what determines the embeddings: the teacher's description (not its service name,
-    so the same model served under another name shares the cache) and the corpus ids."""
-    ids = "\n".join(dataset.doc_ids).encode()
-    payload = json.dumps({"teacher": teacher_identity(teacher_info), "dataset": dataset.name, "ids": hashlib.sha256(ids).hexdigest()}, sort_keys=True)
+    """Hash of what determines the embeddings: the teacher's description with its fingerprint (not
+    its service name, so the same model served under another name shares the cache) and the corpus."""
+    payload = json.dumps({"teacher": teacher_identity(teacher_info), "dataset": dataset.name, "corpus": corpus_hash(dataset)},
+                         sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 

@@ -13,6 +13,8 @@ kind, so both paths run the same operation code and give the same numbers.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Literal, Protocol
@@ -22,10 +24,14 @@ import torch
 from pydantic import BaseModel, Field
 
 from common.batching import default_token_budget
+from common.model_registry import checkpoint_fingerprint, resolve_model
 from teacher_service.errors import UnsupportedSignal
 from teacher_service.schemas import AnyRequest, EncodeRequest, Role, ScoreRequest, SignalsRequest
 
 Arrays = dict[str, np.ndarray]
+# Kind options that bound requests and never change a single output (left out of the fingerprint,
+# so a replica whose service limit tightens the option shares caches with the in-process teacher).
+OUTPUT_NEUTRAL_OPTIONS = frozenset({"max_matrix_pairs"})
 Signal = Literal["scores", "pooled_embeddings", "token_embeddings", "proxy_embeddings", "joint_embeddings"]
 
 
@@ -105,6 +111,9 @@ class TeacherInfo(BaseModel):
     max_matrix_pairs: int | None = Field(None, description="Largest matrix (queries x documents) accepted, where capped.")
     parameters: int | None = Field(None, description="Number of model parameters.")
     dtype: str = Field("float32", description="Dtype the teacher computes in (part of what determines its embeddings).")
+    fingerprint: str | None = Field(None, description=(
+        "Hash of the checkpoint's files and the kind options that change outputs (prefixes, pooling, "
+        "normalisation, lengths...): caches of this teacher's outputs are keyed on it."))
 
 
 # One ``encode`` call's arguments: (texts, role, with_tokens).
@@ -148,7 +157,19 @@ class Teacher(ABC):
         info = self._info()
         info.parameters = self.parameter_count()
         info.dtype = self.dtype
+        info.fingerprint = self.fingerprint()
         return info
+
+    def fingerprint(self) -> str:
+        """What fixes this teacher's outputs beyond its description: the checkpoint's file contents
+        (a checkpoint retrained in place keeps its path) and its options (a document prefix or a
+        pooling leaves every described field alone). Request limits do not change outputs and stay out."""
+        options = self.options.model_dump(mode="json") if isinstance(self.options, BaseModel) else self.options
+        if isinstance(options, dict):
+            options = {k: v for k, v in options.items() if k not in OUTPUT_NEUTRAL_OPTIONS}
+        payload = json.dumps({"weights": checkpoint_fingerprint(resolve_model(self.checkpoint)), "options": options},
+                             sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def parameter_count(self) -> int:
         """Parameters of every torch module this teacher holds (each counted once)."""
