@@ -180,6 +180,28 @@ def collect_rows(experiment: ExperimentConfig, results: dict[tuple[str, str], li
     return table
 
 
+def carry_over(previous: dict[str, Any], table: dict[str, Any], experiment: ExperimentConfig,
+               rerun: set[tuple[str, str]]) -> None:
+    """Keep, in ``table``, the cells of the previous table (the results JSON) that this command
+    neither ran nor found finished on disk: run folders stay on the machine that trained them
+    (``runs/`` is not versioned), so re-running a few rows elsewhere must not drop the others.
+    Carried entries keep their own commits and are marked ``carried``; rows no longer in the
+    experiment file, and every cell this command ran, are not carried."""
+    order = {row.name: i for i, row in enumerate(experiment.rows)}
+    for dataset, old in previous.items():
+        have = table.get(dataset)
+        present = {e["row"] for e in have["rows"]} if have else set()
+        carried = [{**e, "carried": True} for e in old.get("rows", [])
+                   if e["row"] in order and e["row"] not in present and (e["row"], dataset) not in rerun]
+        if not carried:
+            continue
+        if have is None:
+            have = table[dataset] = {**{k: v for k, v in old.items() if k != "rows"}, "rows": []}
+        for name, metrics in old.get("teachers", {}).items():
+            have["teachers"].setdefault(name, metrics)
+        have["rows"] = sorted(have["rows"] + carried, key=lambda e: order[e["row"]])
+
+
 def _teacher_name(metrics: dict[str, Any]) -> str:
     return metrics.get("teacher", {}).get("name", "teacher")
 
@@ -216,6 +238,7 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
             lines.append("| " + " | ".join(cells + (["-"] if retrieval else []) + ["-", "-"]) + " |")
         for e in block["rows"]:
             label = f"{e['row']}: {e['description']}" if e["description"] else e["row"]
+            label += " (carried over)" if e.get("carried") else ""
             cells = [label] + ([e.get("teacher", "-")] if several else [])
             cells += [_cell(e["nDCG@10"]), _cell(e["MRR@10"]), _cell(e["R@100"]), _cell(e["retained"])]
             cells += ([_cell(e.get("retrieval nDCG@10"))] if retrieval else []) + [str(e["steps"]), _cell(e["train_s"], 0)]
@@ -229,6 +252,9 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
                 commits.setdefault(commit, []).append(e["row"])
     if set(commits) - {meta["commit"]}:  # rows reused from earlier commands: say which code trained which
         lines += ["Trained at: " + "; ".join(f"`{_short_commit(c)}` ({', '.join(dict.fromkeys(rows))})" for c, rows in commits.items()), ""]
+    if any(e.get("carried") for block in table.values() for e in block["rows"]):
+        lines += ["Rows marked (carried over) come from this file's previous version: this command neither ran them "
+                  "nor found their run folders; their commits are in the line above.", ""]
     lines.append("Mean ± sample standard deviation over seeds where a row ran with more than one.")
     return "\n".join(lines) + "\n"
 
@@ -283,8 +309,11 @@ def run_experiment(experiment: ExperimentConfig, argv: list[str], only: list[str
         results.setdefault((row.name, dataset), []).append({**metrics, "seed": seed})
     table = collect_rows(experiment, results)
     experiment.results_dir.mkdir(parents=True, exist_ok=True)
+    previous = experiment.results_dir / f"{experiment.name}.json"
+    if previous.is_file():
+        carry_over(json.loads(previous.read_text()).get("tables", {}), table, experiment, {(r.name, d) for r, d, *_ in planned})
     out = {"experiment": experiment.name, **meta, "tables": table}
-    (experiment.results_dir / f"{experiment.name}.json").write_text(json.dumps(out, indent=2))
+    previous.write_text(json.dumps(out, indent=2))
     (experiment.results_dir / f"{experiment.name}.md").write_text(render_markdown(experiment, table, meta))
     return out
 

@@ -188,3 +188,29 @@ def test_a_finished_run_stays_reusable_when_a_new_option_appears(tmp_path, tiny_
     recorded["eval"]["no_such_option"] = 1
     (run.run_dir / "config.json").write_text(json.dumps(recorded))
     assert finished_metrics(run) is None
+
+
+def test_rows_neither_run_nor_on_disk_are_carried_from_the_previous_table():
+    """Run folders stay on the machine that trained them: re-running one row elsewhere keeps the
+    other rows of the results JSON, marked as carried, and never carries a cell it re-ran."""
+    from student_trainer.experiment import carry_over
+
+    def metrics(ndcg: float) -> dict:
+        return {"run": "r", "seed": 13, "steps": 10, "timings": {"train_s": 1.0}, "commit": "new",
+                "metrics": {"teacher": {"nDCG@10": 0.5, "MRR@10": 0.4, "R@100": 1.0},
+                            "student": {"nDCG@10": ndcg, "MRR@10": ndcg, "R@100": 0.9}}}
+
+    rows = [ExperimentRow(name=n, description=n.upper()) for n in ("a", "b", "c")]
+    exp = ExperimentConfig(name="x", base=Path("b.yaml"), seeds=[13], datasets=["d1", "d2"], rows=rows)
+    previous = collect_rows(exp, {(r, d): [metrics(0.1)] for r in ("a", "b", "c", "gone") for d in ("d1", "d2")})
+    previous["d1"]["rows"].append({**previous["d1"]["rows"][0], "row": "gone"})  # a row since removed from the file
+    table = collect_rows(exp, {("b", "d1"): [metrics(0.3)]})
+    carry_over(previous, table, exp, rerun={("b", "d1"), ("c", "d1")})
+
+    d1 = {e["row"]: e for e in table["d1"]["rows"]}
+    assert list(d1) == ["a", "b"]  # file order; c was re-run here without a result, gone is gone
+    assert d1["a"].get("carried") and d1["a"]["nDCG@10"]["mean"] == pytest.approx(0.1)
+    assert not d1["b"].get("carried") and d1["b"]["nDCG@10"]["mean"] == pytest.approx(0.3)
+    assert [e["row"] for e in table["d2"]["rows"]] == ["a", "b", "c"]  # a dataset this command did not touch
+    markdown = render_markdown(exp, table, {"command": "c", "commit": "new", "date": "d", "machine": "m"})
+    assert "| a: A (carried over) |" in markdown and "| b: B |" in markdown
