@@ -20,15 +20,20 @@ teacher said what.
 
 Fresh candidates (student-mined negatives) are scored on demand with :meth:`TeacherSignalSource.score_candidates`.
 
-A request that fails because the teacher is restarting is re-sent with backoff until
-``timeout_s``; then the run fails with a clear :class:`TeacherUnavailable`.
+A request that fails because the teacher is restarting or overloaded is re-sent with backoff
+until ``timeout_s``; then the run fails with a clear :class:`TeacherUnavailable`. Only such
+faults are retried (:func:`is_transient`): any other error, and anything that goes wrong while
+the signals are built from the answers (the held index's lookup, the score matrix), fails the
+step at once with its own exception.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,8 +43,8 @@ import torch
 from common.scoring import similarity_fns
 from student_trainer.score_calibration import calibrate, combine
 from student_trainer.teacher_index import DocEmbeddings
-from teacher_service.client import TeacherClient
-from teacher_service.errors import TeacherServiceError
+from teacher_service.client import Arrays, ResultFuture, TeacherClient
+from teacher_service.errors import Overloaded, TeacherServiceError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +57,40 @@ def as_tensor(x: np.ndarray) -> torch.Tensor:
 
 class TeacherUnavailable(RuntimeError):
     """The teacher did not answer within the configured time, retries included."""
+
+
+@functools.cache
+def transient_errors() -> tuple[type[BaseException], ...]:
+    """The error types of a teacher that is down, restarting or overloaded, not of a bad request.
+
+    Waiting and re-sending can cure these, so they are retried until ``timeout_s``; a bug (a
+    KeyError, a shape error, a replica's own exception, which Ray re-raises as a ``RayTaskError``)
+    fails the same way on every try, and retrying it would only hide it for ``timeout_s`` behind
+    a misleading :class:`TeacherUnavailable`. A function, not a constant, so that importing this
+    module does not import Ray and Serve (the HTTP client needs neither).
+    """
+    from ray.exceptions import NodeDiedError, ObjectLostError, RayActorError, WorkerCrashedError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+
+    return (
+        TimeoutError,  # a hung replica: DeploymentResponse.result and Future.result (GetTimeoutError too)
+        ConnectionError,
+        Overloaded, Unavailable,  # the service's own 429 and 503 (HTTP, or raised inside a replica)
+        RayActorError,  # a replica that died or is unreachable (ActorDiedError, ActorUnavailableError)
+        WorkerCrashedError, NodeDiedError, ObjectLostError,  # its process or node went away, answer included
+        BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError,  # Serve's own overload/outage
+    )
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed wait for the teacher's answer is worth re-sending (see :func:`transient_errors`)."""
+    if isinstance(exc, transient_errors()):
+        return True
+    # A bare 500 is retried too: over HTTP, Serve's proxy answers a replica that died mid-request
+    # with a plain 500, the same as a crash in the app, and the client cannot tell them apart. A
+    # crash costs ``timeout_s`` of retries (each logged); taking an outage for a bug would fail a
+    # run that waiting would have saved. Other typed errors (4xx) say the request itself is wrong.
+    return isinstance(exc, TeacherServiceError) and exc.status == 500
 
 
 @dataclass
@@ -180,24 +219,30 @@ class TeacherSignalSource:
                 or ("joint_embeddings" in offered and self.want_joint_embeddings))
 
     def collect(self, pending: Pending) -> TeacherSignals:
-        """Wait for a batch's signals, re-sending the request while the teacher is down."""
-        return self._with_retries(pending, lambda results: self._assemble(pending.batch, results),
-                                  lambda: self._send(pending.batch))
+        """Wait for a batch's signals, re-sending the request while the teacher is down.
 
-    def _with_retries(self, pending: Pending, assemble: Any, resend: Any) -> Any:
-        deadline = pending.sent_at + self.timeout_s
+        Only the wait is retried: building the signals from the answers is local and
+        deterministic, so an error there is a bug that must fail the step at once."""
+        results = self._with_retries(pending.futures, pending.sent_at, lambda: self._send(pending.batch))
+        return self._assemble(pending.batch, results)
+
+    def _with_retries(self, futures: dict[Any, ResultFuture] | None, sent_at: float,
+                      resend: Callable[[], dict[Any, ResultFuture]]) -> dict[Any, Arrays]:
+        """The answers of ``futures`` (sent at ``sent_at``; None: not sent yet), re-sent with
+        ``resend`` after a transient error (:func:`is_transient`) until ``timeout_s`` has passed
+        since ``sent_at``. Any other error is raised as it is."""
+        deadline = sent_at + self.timeout_s
         attempt = 0
         while True:
             try:
+                if futures is None:  # re-sending can meet the outage too (a handle refreshing its replicas)
+                    futures = resend()
                 # Bounded wait: a hung (not dead) teacher must not hold the run past the deadline.
-                return assemble({k: f.result(timeout=max(0.0, deadline - time.monotonic()))
-                                 for k, f in pending.futures.items()})
-            except TeacherServiceError as exc:
-                if exc.status < 500 and exc.status != 429:
-                    raise  # the request itself is wrong: retrying cannot help (an overload can pass)
+                return {k: f.result(timeout=max(0.0, deadline - time.monotonic())) for k, f in futures.items()}
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 error: Exception = exc
-            except Exception as exc:  # noqa: BLE001 - replica death surfaces as several Ray error types
-                error = exc
             attempt += 1
             if time.monotonic() >= deadline:
                 raise TeacherUnavailable(
@@ -207,7 +252,7 @@ class TeacherSignalSource:
             delay = min(10.0, 0.5 * 2 ** min(attempt, 5)) * (0.5 + random.random())
             log.warning("teacher request failed (%s); retrying in %.1fs", type(error).__name__, delay)
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            pending.futures = resend()
+            futures = None
 
     def _local_scores(self, member: TeacherMember, q: np.ndarray, doc_ids: list[str]) -> np.ndarray:
         d = member.doc_index.lookup(doc_ids)
@@ -256,19 +301,26 @@ class TeacherSignalSource:
         flat_ids = [d for ids in doc_ids for d in ids]
         flat_docs = [t for texts in documents for t in texts]
         bounds = np.cumsum([0, *map(len, doc_ids)])
-        futures: dict[str, Any] = {}
-        for m in self.members:
-            client = self._clients[m.name]
-            if m.local_matrix:
-                parts = [client.submit_encode(queries[i : i + chunk], role="query") for i in range(0, len(queries), chunk)]
-            else:
-                parts = [client.submit_score(flat_q[i : i + chunk], flat_docs[i : i + chunk], mode="pairs")
-                         for i in range(0, len(flat_q), chunk)]
-            self._count(m.name, len(parts))
-            futures[m.name] = parts
+
+        def send() -> dict[Any, ResultFuture]:
+            futures: dict[Any, ResultFuture] = {}
+            for m in self.members:
+                client = self._clients[m.name]
+                if m.local_matrix:
+                    parts = [client.submit_encode(queries[i : i + chunk], role="query") for i in range(0, len(queries), chunk)]
+                else:
+                    parts = [client.submit_score(flat_q[i : i + chunk], flat_docs[i : i + chunk], mode="pairs")
+                             for i in range(0, len(flat_q), chunk)]
+                self._count(m.name, len(parts))
+                futures.update({(m.name, j): f for j, f in enumerate(parts)})
+            return futures
+
+        # Retried like a batch's signals; the scores are computed from the answers outside the
+        # retries, so a bug there (an id missing from the held index) is not taken for an outage.
+        results = self._with_retries(None, time.monotonic(), send)
         per_member: dict[str, list[np.ndarray]] = {}
         for m in self.members:
-            arrays = [f.result(timeout=self.timeout_s) for f in futures[m.name]]
+            arrays = [a for (name, _), a in results.items() if name == m.name]  # in chunk order
             if m.local_matrix:
                 q = np.concatenate([a["embeddings"] for a in arrays])
                 d = m.doc_index.lookup(flat_ids)
