@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import sys
 import time
@@ -24,6 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 import ray.train
+from ray import serve
 from tqdm.auto import tqdm
 from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -67,21 +69,47 @@ class RunResult:
 
 
 def connect_teacher(ref: TeacherRef) -> TeacherClient:
-    """A client for the configured teacher; deploys the teacher app if it is not running."""
+    """A client for the configured teacher; deploys the teacher app only if Serve has no app of that name.
+
+    The app may be shared by other runs: deploying this job's ``serve_config`` over it would
+    replace the teachers they are using. So only an app that Serve does not list is deployed; a
+    listed app that does not answer (a replica restarting, the controller busy) is asked again
+    with backoff for up to ``ref.timeout_s`` and then reported as :class:`TeacherUnavailable`.
+    """
     if ref.url:
         client = TeacherClient.from_url(ref.url, teacher=ref.teacher)
         client.describe()
         return client
     client = TeacherClient.from_serve(ref.app_name, teacher=ref.teacher)
-    try:
-        client.teachers()
-    except Exception:  # noqa: BLE001 - Serve raises several types for "no such app"
+    if ref.app_name not in serve.status().applications:  # Serve's own word, not a failed call's guess
         if ref.serve_config is None:
-            raise ConfigError(f"no teacher app '{ref.app_name}' is running and teacher.serve_config is not set") from None
+            raise ConfigError(f"no teacher app '{ref.app_name}' is running and teacher.serve_config is not set")
         from teacher_service.app import ServeFile, deploy
 
         serve_file = ServeFile(ref.serve_config)
         deploy(serve_file.config, ref.app_name, serve_file.route_prefix, serve_file.http_options)
+    deadline = time.monotonic() + ref.timeout_s
+    attempt, delay = 0, 0.5
+    while True:
+        attempt += 1
+        try:
+            client.teachers()
+            break
+        except Exception as exc:  # noqa: BLE001 - the app exists: whatever failed, a redeploy is not the cure
+            error = exc
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            app = serve.status().applications.get(ref.app_name)
+            state = f"{app.status}{': ' + app.message if app.message else ''}" if app else "no longer listed"
+            raise TeacherUnavailable(
+                f"teacher app '{ref.app_name}' (Serve status {state}) did not answer for {ref.timeout_s:.0f}s "
+                f"({attempt} tries; last error: {type(error).__name__}: {(str(error).splitlines() or [''])[0][:200]}); "
+                "it was not redeployed, as other runs may be using it: check `serve status`, or redeploy it yourself"
+            ) from error
+        logging.getLogger(__name__).warning("teacher app '%s' did not answer (%s); asking again in %.1fs",
+                                            ref.app_name, type(error).__name__, min(delay, remaining))
+        time.sleep(min(delay, remaining))
+        delay = min(2 * delay, 5.0)
     client.describe()  # fails clearly if the teacher name is not in the app
     for member in ref.members()[1:]:
         client.describe(member.name)  # every ensemble member too

@@ -52,8 +52,9 @@ class HandleTransport:
         self.app_name = app_name
         self._handles: dict[str, Any] = {}
 
-    def teachers(self) -> list[dict[str, Any]]:
-        return self._serve.get_app_handle(self.app_name).list_teachers.remote().result()
+    def teachers(self, timeout_s: float = 60.0) -> list[dict[str, Any]]:
+        # Bounded: a frozen (not dead) app must fail the caller's retry loop, not hang it.
+        return self._serve.get_app_handle(self.app_name).list_teachers.remote().result(timeout_s=timeout_s)
 
     def _handle(self, teacher: str) -> Any:
         if teacher not in self._handles:
