@@ -16,12 +16,26 @@ from common.datasets import load_beir
 from student_trainer.config import NegativeRefreshConfig, RunConfig
 from student_trainer.losses import DistillBatch, build_loss
 from student_trainer.negative_refresh import NegativeRefresher, TrainingQueries
-from student_trainer.run import connect_teacher, prepare_examples, run_distillation
+from student_trainer.export import ExportedStudent
+from student_trainer.extra_queries import perturbed_queries
+from student_trainer.run import connect_teacher, eval_queries, prepare_examples, run_distillation, training_queries
 from student_trainer.score_calibration import calibrate, combine, minmax_per_query, temperature_scale, zscore_per_query
 from student_trainer.students import DualEncoderStudent
 from student_trainer.teacher_index import teacher_doc_embeddings
 from student_trainer.teacher_signals import TeacherMember, TeacherSignalSource
 from student_trainer.train_loop import to_train_batch
+
+
+def top_k(ids: list[str], scores: np.ndarray, k: int) -> list[str]:
+    return [ids[j] for j in np.argsort(-scores, kind="stable")[:k]]
+
+
+def rbo_by_definition(a: list[str], b: list[str], p: float) -> float:
+    """Extrapolated RBO (Webber et al. 2010, Eq. 32) with X_d = |a[:d] & b[:d]| counted directly:
+    X_k / k * p^k + (1 - p) / p * sum_d X_d / d * p^d."""
+    k = len(a)
+    x = [len(set(a[:d]) & set(b[:d])) for d in range(1, k + 1)]
+    return x[-1] / k * p**k + (1 - p) / p * sum(x[d - 1] / d * p**d for d in range(1, k + 1))
 
 
 def replica_requests(teacher: str) -> int:
@@ -209,10 +223,27 @@ def test_run_with_ensemble_refresh_and_agreement(live, tiny_bert_dir, mini_beir,
     assert [t["name"] for t in metrics["signals"]["teachers"]] == ["tiny", "tiny-cls-cos"]
     assert metrics["signals"]["teachers"][1]["weight"] == 0.5 and metrics["signals"]["teachers"][1]["calibration"] == "zscore"
     assert metrics["signals"]["query_embeddings"] == "tiny"
-    assert metrics["extra_queries"]["source"] == "perturbed" and metrics["extra_queries"]["pool"] > 0
-    assert 0 <= metrics["agreement"]["overlap@5"] <= 1 and 0 <= metrics["agreement"]["RBO@5"] <= 1
+    # the pool: every distinct perturbation of the run's training queries (fewer than extra_query_pool)
+    variants = perturbed_queries(training_queries(result.run_dir / "data" / "train.parquet"), run.data.generated_per_query,
+                                 run.train.seed)
+    assert metrics["extra_queries"] == {"source": "perturbed", "pool": min(len(variants), run.data.extra_query_pool)}
     per_query = json.loads((result.run_dir / "agreement.json").read_text())
     assert len(per_query["overlap@5"]) == metrics["num_eval_queries"]
+    # overlap@5 and RBO@5 recomputed from the saved student and the primary teacher: for each eval
+    # query, the teacher's top 5 of its document index and the (asymmetric) student's top 5 of the
+    # same document embeddings, both by inner product ("tiny" scores by dot product).
+    assert live["info"]["tiny"]["similarity"] == "dot" and run.student.similarity == "dot"
+    dataset, index = live["dataset"], live["index"]
+    texts = [dataset.query_text[q] for q in eval_queries(run, dataset)[1]]
+    teacher_q = live["client"].encode_many(texts, role="query")
+    student_q = ExportedStudent(result.student_dir).encode_queries(texts)
+    tops = [(top_k(index.ids, index.emb @ t, 5), top_k(index.ids, index.emb @ s, 5)) for t, s in zip(teacher_q, student_q)]
+    overlap = [len(set(t) & set(s)) / 5 for t, s in tops]
+    rbos = [rbo_by_definition(t, s, run.eval.rbo_p) for t, s in tops]
+    np.testing.assert_allclose(per_query["overlap@5"], overlap, err_msg="per-query overlap@5")
+    np.testing.assert_allclose(per_query["RBO@5"], rbos, rtol=1e-9, err_msg="per-query RBO@5")
+    assert metrics["agreement"]["overlap@5"] == pytest.approx(np.mean(overlap))
+    assert metrics["agreement"]["RBO@5"] == pytest.approx(np.mean(rbos))
     report = (result.run_dir / "report.md").read_text()
     assert "Agreement with the teacher" in report and "tiny-cls-cos" in report
     for name in ("agreement_curves.png", "teacher_kl.png", "loss_curves.png"):

@@ -28,7 +28,6 @@ from student_trainer.losses import (
     build_loss,
     embedding_distance,
     in_batch_kl,
-    kl_teacher_student,
     margin_mse,
 )
 
@@ -293,8 +292,25 @@ def test_gamma_one_is_pure_onehot_and_gamma_zero_pure_kl(scope):
         own = [[row[c] for c in own_columns(i)] for i, row in enumerate(rows(batch.student_scores))]
         expected_onehot = ref_onehot(own, [0] * B)
     close(InBatchKLLoss(gamma=1.0, tau=0.5, scope=scope)(batch), expected_onehot)
-    student, teacher, _ = batch.scoped(scope, need_teacher=True, owner="test")
-    close(InBatchKLLoss(gamma=0.0, tau=0.5, scope=scope)(batch), float(kl_teacher_student(student, teacher, 0.5)))
+    # gamma = 0: KL(softmax(t / tau) || softmax(s)) alone, written out in numpy (not through the
+    # loss's own helpers): P_hat = exp(t/tau) / Z_t, log P = s - log Z_s, KL = sum P_hat (log P_hat - log P).
+    s, t = np.array(rows(batch.student_scores)), np.array(rows(batch.teacher_scores)) / 0.5
+    if scope == "triplet":  # each query's own positive and negatives only
+        cols = np.array([own_columns(i) for i in range(B)])
+        s, t = np.take_along_axis(s, cols, 1), np.take_along_axis(t, cols, 1)
+    p_hat = np.exp(t) / np.exp(t).sum(1, keepdims=True)
+    log_p = s - np.log(np.exp(s).sum(1, keepdims=True))
+    expected_kl = float((p_hat * (np.log(p_hat) - log_p)).sum(1).mean())
+    close(InBatchKLLoss(gamma=0.0, tau=0.5, scope=scope)(batch), expected_kl)
+
+
+def test_gamma_zero_closed_form():
+    """One query, two documents: teacher scores (tau log 3, 0) give P_hat = (3/4, 1/4); equal
+    student scores give P = (1/2, 1/2); KL = 3/4 log(3/2) + 1/4 log(1/2), whatever tau."""
+    for tau in (0.25, 1.0):
+        batch = DistillBatch(student_scores=torch.zeros(1, 2), teacher_scores=torch.tensor([[tau * math.log(3.0), 0.0]]),
+                             labels=DistillBatch.layout_labels(1, 1), num_negatives=1)
+        close(InBatchKLLoss(gamma=0.0, tau=tau)(batch), 0.75 * math.log(1.5) + 0.25 * math.log(0.5))
 
 
 def test_tau_limits():

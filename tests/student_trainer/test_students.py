@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from common.datasets import load_beir
+from common.text_encoder import TextEncoder
+from conftest import save_tiny_bert
 from student_trainer.config import RunConfig
+from student_trainer.losses import DistillBatch, build_loss, kl_teacher_student
 from student_trainer.students import DualEncoderStudent, StudentConfig
 from student_trainer.train_loop import build_optimizer, build_student
 
@@ -45,3 +50,55 @@ def test_optimizer_covers_every_trainable_parameter_joint_head_included(tiny_ber
     optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
     assert student.joint_head is not None and all(id(p) in optimized for p in student.joint_head.parameters())
     assert optimized == {id(p) for p in student.parameters() if p.requires_grad}
+
+
+def test_a_few_distillation_steps_bring_the_student_closer_to_its_teacher(tiny_bert_dir, minilm_dir, mini_beir, tmp_path):
+    """The project's student and losses, in process, on a tiny real task: scifact queries with their
+    relevant document and a random one, a teacher that is another random tiny BERT (seed 1, so
+    not the student's own weights). 20 AdamW steps of in-batch KL + query embedding matching
+    must move the student towards the teacher on held-out queries it never trained on."""
+    teacher = TextEncoder.from_pretrained(save_tiny_bert(tmp_path / "teacher", minilm_dir, seed=1)).eval()
+    dataset = load_beir(mini_beir)
+    rng = np.random.default_rng(0)
+
+    def task(split: str, n: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+        """n queries, the teacher's embeddings of them and of each one's (relevant, random) documents."""
+        qids, qrels, docs = dataset.split_query_ids(split)[:n], dataset.qrels(split), []
+        for q in qids:
+            relevant = sorted(d for d, g in qrels[q].items() if g > 0)[0]
+            docs += [relevant, dataset.doc_ids[int(rng.integers(len(dataset.doc_ids)))]]
+        queries = [dataset.query_text[q] for q in qids]
+        doc_texts = [dataset.doc_texts[dataset.doc_index[d]] for d in docs]
+        return queries, torch.from_numpy(teacher.encode(queries)), torch.from_numpy(teacher.encode(doc_texts))
+
+    train_q, train_tq, train_td = task("train", 48)
+    held_q, held_tq, held_td = task("test", 16)  # never trained on
+    torch.manual_seed(0)
+    student = DualEncoderStudent(StudentConfig(model=str(tiny_bert_dir), num_layers=1, score_scale=4.0), teacher_dim=32)
+    loss_fn = build_loss({"in_batch_kl": {"tau": 0.25}, "query_embedding": {}})
+
+    def agreement() -> tuple[float, float]:
+        """Held-out KL(teacher || student) over in-batch documents, and mean query cosine to the teacher."""
+        with torch.no_grad():
+            out = student.eval()(held_q, len(held_q), document_embeddings=held_td)
+            student.train()
+            kl = float(kl_teacher_student(out.scores, held_tq @ held_td.T, 0.25))
+            return kl, float(torch.nn.functional.cosine_similarity(out.query_embeddings, held_tq).mean())
+
+    kl_before, cos_before = agreement()
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-3)
+    b = 8
+    for step in range(20):
+        i = (step * b) % len(train_q)
+        docs = train_td[2 * i : 2 * (i + b)]  # each query's relevant then random document: the DistillBatch layout
+        out = student(train_q[i : i + b], b, document_embeddings=docs)
+        loss = loss_fn(DistillBatch(student_scores=out.scores, teacher_scores=train_tq[i : i + b] @ docs.T,
+                                    labels=DistillBatch.layout_labels(b, 1), num_negatives=1,
+                                    student_query_emb=out.query_embeddings, teacher_query_emb=train_tq[i : i + b]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    kl_after, cos_after = agreement()
+    # Measured: KL 0.53 -> 0.05, cosine 0.18 -> 0.97; with lr=0 both stay where they start.
+    assert kl_after < 0.5 * kl_before, f"held-out KL to the teacher {kl_before:.3f} -> {kl_after:.3f}"
+    assert cos_after > cos_before + 0.3, f"held-out query cosine to the teacher {cos_before:.3f} -> {cos_after:.3f}"

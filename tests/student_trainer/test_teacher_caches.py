@@ -16,8 +16,8 @@ from teacher_service.client import TeacherClient
 from teacher_service.kinds import build_teacher
 from teacher_service.signal_cache import CachedPrimitives, EncodingCache, teacher_fingerprint
 from teacher_service.spec import CacheConfig, TeacherSpec
-from tests.conftest import save_tiny_bert
-from tests.tiny_checkpoints import save_cross_encoder
+from conftest import save_tiny_bert
+from tiny_checkpoints import save_cross_encoder
 
 
 def de_teacher(checkpoint: Path, **options):

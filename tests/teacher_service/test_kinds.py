@@ -320,12 +320,49 @@ def test_zero_shot_colbert_on_minilm_ranks_scifact_relevant_first(http_client):
     assert scores[0, 0] > scores[0, 1] + 0.5  # 5.3 vs 4.2 on this pair
 
 
+def cpuinfo_bf16() -> bool | None:
+    """Whether /proc/cpuinfo lists native bf16 instructions (AVX512-BF16 or AMX tiles), read
+    independently of torch; None where there is no x86 flags line to read (not Linux, ARM)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    flags = {f for line in lines if line.startswith("flags") for f in line.split(":", 1)[1].split()}
+    return bool(flags & {"avx512_bf16", "amx_tile"}) if flags else None
+
+
+@pytest.mark.parametrize("avx512_bf16,amx_tile,expected", [
+    (False, False, "float32"),  # bf16 would be emulated: slower than float32
+    (True, False, "bfloat16"),
+    (False, True, "bfloat16"),
+    (True, True, "bfloat16"),
+])
+def test_auto_dtype_follows_the_cpu_feature_probes(monkeypatch, avx512_bf16, amx_tile, expected):
+    """resolve_dtype asks torch's CPU probes; each answer they can give picks its own dtype."""
+    from common.text_encoder import resolve_dtype
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx_tile)
+    assert resolve_dtype("auto", "cpu") == expected, (avx512_bf16, amx_tile)
+    # an explicit dtype is used as given, whatever the CPU can do
+    assert resolve_dtype("float32", "cpu") == "float32" and resolve_dtype("bfloat16", "cpu") == "bfloat16"
+
+
+@pytest.mark.parametrize("bf16,expected", [(True, "bfloat16"), (False, "float16")])
+def test_auto_dtype_on_a_gpu_follows_its_bf16_support(monkeypatch, bf16, expected):
+    from common.text_encoder import resolve_dtype
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+    assert resolve_dtype("auto", "cuda") == expected and resolve_dtype("auto", "cuda:1") == expected
+    assert resolve_dtype("float32", "cuda") == "float32"
+
+
 def test_auto_dtype_is_bf16_only_where_the_cpu_runs_it_natively(tiny_bert_dir):
     from common.text_encoder import resolve_dtype
 
-    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    assert resolve_dtype("auto", "cpu") == ("bfloat16" if native else "float32")
-    assert resolve_dtype("float32", "cpu") == "float32" and resolve_dtype("bfloat16", "cuda") == "bfloat16"
+    native = cpuinfo_bf16()  # the kernel's view of this CPU, not torch's probes
+    if native is not None:
+        assert resolve_dtype("auto", "cpu") == ("bfloat16" if native else "float32"), f"cpuinfo bf16 flags: {native}"
     texts = ["a glacier cave forms in ice", "hamlet is a tragedy by shakespeare", "penguins"]
     fp32 = build_teacher(TeacherSpec(name="f", kind="dual_encoder", checkpoint=str(tiny_bert_dir)))
     auto = build_teacher(TeacherSpec(name="a", kind="dual_encoder", checkpoint=str(tiny_bert_dir), dtype="auto"))

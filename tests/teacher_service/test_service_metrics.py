@@ -10,8 +10,10 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
+from ray import serve
 
 from teacher_service.client import TeacherClient
 from teacher_service.service_metrics import metrics_urls
@@ -65,12 +67,25 @@ def test_service_metrics_are_exported(teacher_app):
         ("batch_seconds_count", (("batcher", "encode"), *rep.items())): 1,
         ("queue_wait_seconds_count", (("batcher", "encode"), *rep.items())): 1,
     }
-    deadline = time.monotonic() + EXPORT_WAIT_S
+    # The replica's own cache counters (an actor call, not a request: it moves no metric): the
+    # hit-rate gauge must come to hits / lookups since the replica started.
+    stats = serve.get_deployment_handle(f"teacher-{TEACHER}", teacher_app["app_name"]).stats.remote().result()
+    expected_rate = stats["cache_hits"] / (stats["cache_hits"] + stats["cache_misses"])
+    assert 0 < expected_rate < 1, stats  # this test's own 3 misses and 9 hits at least
+
+    def hit_rates(samples) -> list[float]:
+        return [v for n, lab, v in samples if n == "ray_tightdistill_cache_hit_rate" and lab.get("teacher") == TEACHER]
+
+    # Ray stops exporting a gauge some 20 s after its last update: wait for a scrape with the
+    # counters grown and the gauges there; keep the last rate seen for the failure message.
+    deadline, seen = time.monotonic() + EXPORT_WAIT_S, []
     while True:
         after = scrape()
         missing = {name: need for (name, labels), need in expected.items()
                    if total(after, name, **dict(labels)) - total(before, name, **dict(labels)) < need}
-        if not missing or time.monotonic() > deadline:
+        rates = hit_rates(after)
+        seen = rates or seen
+        if (not missing and rates == pytest.approx([expected_rate])) or time.monotonic() > deadline:
             break
         time.sleep(2)
     assert not missing, f"metrics did not grow as expected within {EXPORT_WAIT_S}s: {missing}"
@@ -79,9 +94,11 @@ def test_service_metrics_are_exported(teacher_app):
     waits = {k: total(after, f"queue_wait_seconds_{k}", batcher="encode", **rep) - total(before, f"queue_wait_seconds_{k}", batcher="encode", **rep)
              for k in ("sum", "count")}
     assert waits["sum"] / waits["count"] >= 0.04
-    hit_rate = [v for n, lab, v in after if n == "ray_tightdistill_cache_hit_rate" and lab.get("teacher") == TEACHER]
-    assert hit_rate and all(0 < v <= 1 for v in hit_rate)
-    cache_bytes = total(after, "cache_bytes", **rep)
-    assert cache_bytes > 0
+    assert rates == pytest.approx([expected_rate]), (seen, stats)
+    # and the exported cache counters (since the replica started, like the gauge) hold the same hits and misses
+    hits, misses = total(after, "cache_hits_total", **rep), total(after, "cache_misses_total", **rep)
+    assert (hits, misses) == (stats["cache_hits"], stats["cache_misses"])
+    assert total(after, "cache_bytes", **rep) == stats["cache_bytes"] > 0  # the cache holds this test's entries at least
+    assert total(after, "cache_entries", **rep) == stats["cache_entries"] > 0
     assert all(lab.get("application") == teacher_app["app_name"] for n, lab, _ in after if lab.get("teacher") == TEACHER)
 

@@ -8,17 +8,19 @@ MiniLM's tokenizer); their checkpoints are the real on-disk layouts the service 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from common.datasets import load_beir
 from teacher_service.client import TeacherClient
 from teacher_service.kinds import build_teacher
 from teacher_service.spec import TeacherSpec
 from teacher_trainer.config import TeacherJob, TeacherModelConfig
-from teacher_trainer.data import TrainingGroup
+from teacher_trainer.data import TrainingGroup, build_teacher_data
 from teacher_trainer.trainer import METRICS_FILE, build_trainee, train_teacher
 
 QUERY = "what do vaccines do"
@@ -36,16 +38,19 @@ def tiny_job(out: Path, base: Path, mini_beir: Path, miner: str = "bm25", train:
     })
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path, mini_beir: Path) -> dict:
+def tiny_jobs(root: Path, tiny_bert_dir: Path, mini_beir: Path) -> dict[str, TeacherJob]:
     """One short job per layout: dual-pooled CE (dense miner, bf16 autocast), [CLS] CE and ColBERT (BM25 miner)."""
-    root = tmp_path_factory.mktemp("teachers")
-    jobs = {
+    return {
         "ce-seg": tiny_job(root / "ce-seg", tiny_bert_dir, mini_beir, miner="dense", train={"precision": "bf16"},
                            kind="ce", pooling="segment_mean"),
         "ce-cls": tiny_job(root / "ce-cls", tiny_bert_dir, mini_beir, kind="ce", pooling="cls"),
         "colbert": tiny_job(root / "colbert", tiny_bert_dir, mini_beir, kind="colbert"),
     }
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_bert_dir: Path, mini_beir: Path) -> dict:
+    jobs = tiny_jobs(tmp_path_factory.mktemp("teachers"), tiny_bert_dir, mini_beir)
     return {name: train_teacher(job, show_progress=False) for name, job in jobs.items()}
 
 
@@ -101,8 +106,28 @@ def test_colbert_checkpoint_layout(trained):
     assert (info["token_dim"], info["max_query_length"], info["max_document_length"]) == (16, 12, 48)
 
 
+def dev_metrics_by_hand(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]) -> dict[str, float]:
+    """Mean nDCG@10 and MRR@10 over the judged queries, in trec_eval's order (score descending,
+    ties by document id descending): gain = grade, discount log2(rank + 1); MRR: first grade > 0."""
+    ndcg, mrr = [], []
+    for qid, judged in qrels.items():
+        ranked = [d for d, _ in sorted(run.get(qid, {}).items(), key=lambda item: (item[1], item[0]), reverse=True)][:10]
+        dcg = sum(max(judged.get(d, 0), 0) / math.log2(r + 2) for r, d in enumerate(ranked))
+        ideal = sorted((g for g in judged.values() if g > 0), reverse=True)[:10]
+        ndcg.append(dcg / sum(g / math.log2(r + 2) for r, g in enumerate(ideal)))
+        mrr.append(next((1 / (r + 1) for r, d in enumerate(ranked) if judged.get(d, 0) > 0), 0.0))
+    return {"nDCG@10": float(np.mean(ndcg)), "MRR@10": float(np.mean(mrr))}
+
+
+def trainee_run(trainee, data) -> dict[str, dict[str, float]]:
+    with torch.no_grad():
+        trainee.eval()
+        return {q: dict(zip(docs, trainee.score(data.dataset.query_text[q], [data.text(d) for d in docs]).tolist()))
+                for q, docs in data.dev_candidates.items()}
+
+
 @pytest.mark.parametrize("name", ["ce-seg", "ce-cls", "colbert"])
-def test_metrics_json(trained, name):
+def test_metrics_json(trained, name, tiny_bert_dir, mini_beir):
     result = trained[name]
     saved = json.loads((result.out / METRICS_FILE).read_text())
     assert saved["steps"] == STEPS and [row["step"] for row in saved["loss_curve"]] == [1, 2, 3]
@@ -111,8 +136,17 @@ def test_metrics_json(trained, name):
     dev = saved["dev"]
     assert dev["queries"] == 4 and dev["depth"] == 5
     assert [h["step"] for h in dev["history"]] == [0, STEPS]
-    for entry in (dev["miner"], dev["before"], dev["after"]):
-        assert 0.0 <= entry["nDCG@10"] <= 1.0 and 0.0 <= entry["MRR@10"] <= 1.0
+    # The dev metrics recomputed by hand from the job's own dev candidates: the miner's scores,
+    # the untrained trainee's (seeded as the job seeds it: the same initial weights) and the
+    # trained one's. Each must be the metric of that model's ranking, not just a number in [0, 1].
+    job = tiny_jobs(result.out.parent, tiny_bert_dir, mini_beir)[name]
+    data = build_teacher_data(load_beir(mini_beir), job.data, job.train.seed, show_progress=False)
+    torch.manual_seed(job.train.seed)
+    untrained = build_trainee(job.model)
+    for what, run in (("miner", data.dev_miner_run), ("before", trainee_run(untrained, data)),
+                      ("after", trainee_run(result.trainee, data))):
+        expected = dev_metrics_by_hand(run, data.dev_qrels)
+        assert {k: dev[what][k] for k in expected} == pytest.approx(expected, abs=1e-9), what
     assert saved["job"]["data"]["negatives"] == (3 if name.startswith("ce") else 1)
 
 
