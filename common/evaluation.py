@@ -27,19 +27,39 @@ def eval_query_ids(dataset: BeirDataset, split: str, max_queries: int | None = N
     return ids[:max_queries] if max_queries else ids
 
 
+def drop_identical_ids(run: Run, depth: int | None = None) -> Run:
+    """``run`` without the documents whose id is their query's id, cut to ``depth`` per query.
+
+    BEIR's ``ignore_identical_ids``: in collections where every query is also a document (ArguAna,
+    Quora), a query retrieves itself first, which says nothing about retrieval quality."""
+    out: Run = {}
+    for q, docs in run.items():
+        kept = sorted(((d, s) for d, s in docs.items() if d != q), key=lambda x: -x[1])
+        out[q] = dict(kept[:depth] if depth is not None else kept)
+    return out
+
+
 def evaluate_encoder(encode_queries: QueryEncoder, index: DenseIndex, dataset: BeirDataset, split: str,
                      k_values: Sequence[int] = (5, 20, 100, 1000), max_queries: int | None = None,
-                     candidates: dict[str, list[str]] | None = None, query_ids: Sequence[str] | None = None) -> Evaluation:
+                     candidates: dict[str, list[str]] | None = None, query_ids: Sequence[str] | None = None,
+                     ignore_identical_ids: bool = False) -> Evaluation:
     """Encode the split's queries (or ``query_ids``, judged by the split's qrels), retrieve from
-    ``index`` (or re-rank ``candidates``), score."""
+    ``index`` (or re-rank ``candidates``), score; with ``ignore_identical_ids`` a document whose
+    id is the query's never counts (see :func:`drop_identical_ids`)."""
     qids = list(query_ids) if query_ids is not None else eval_query_ids(dataset, split, max_queries)
     q_emb = encode_queries([dataset.query_text[q] for q in qids])
+    depth = max(k_values)
     if candidates is None:
-        run = retrieve(index, qids, q_emb, k=max(k_values))
+        # One deeper, so that dropping the query itself still leaves `depth` documents.
+        run = retrieve(index, qids, q_emb, k=depth + int(ignore_identical_ids))
         mode = "retrieval"
     else:
         run = rerank(candidates, qids, q_emb, (index.ids, index.embeddings()))
         mode = "rerank"
+    return _scored(dataset, split, qids, drop_identical_ids(run, depth) if ignore_identical_ids else run, k_values, mode)
+
+
+def _scored(dataset: BeirDataset, split: str, qids: list[str], run: Run, k_values: Sequence[int], mode: str) -> Evaluation:
     qrels = dataset.qrels(split)
     return Evaluation(evaluate_run({q: qrels[q] for q in qids}, run, k_values), run, mode)
 
@@ -63,9 +83,11 @@ def rerank_candidates(dataset: BeirDataset, split: str, query_ids: Sequence[str]
 
 
 def evaluate_pair_scorer(score_pairs: PairScorer, dataset: BeirDataset, split: str, candidates: dict[str, list[str]],
-                         k_values: Sequence[int] = (5, 20, 100, 1000), query_ids: Sequence[str] | None = None) -> Evaluation:
+                         k_values: Sequence[int] = (5, 20, 100, 1000), query_ids: Sequence[str] | None = None,
+                         ignore_identical_ids: bool = False) -> Evaluation:
     """Re-rank each query's candidates with a model that scores (query, document) pairs (a
-    cross-encoder, ColBERT's MaxSim) and score the ranking; ``score_pairs`` gets every pair at once."""
+    cross-encoder, ColBERT's MaxSim) and score the ranking; ``score_pairs`` gets every pair at once.
+    ``ignore_identical_ids`` as in :func:`evaluate_encoder`."""
     qids = list(query_ids) if query_ids is not None else list(candidates)
     pairs = [(q, d) for q in qids for d in candidates.get(q, [])]
     texts = dataset.doc_texts
@@ -75,5 +97,4 @@ def evaluate_pair_scorer(score_pairs: PairScorer, dataset: BeirDataset, split: s
     run: Run = {q: {} for q in qids}
     for (q, d), s in zip(pairs, np.asarray(scores, dtype=np.float64)):
         run[q][d] = float(s)
-    qrels = dataset.qrels(split)
-    return Evaluation(evaluate_run({q: qrels[q] for q in qids}, run, k_values), run, "rerank")
+    return _scored(dataset, split, qids, drop_identical_ids(run) if ignore_identical_ids else run, k_values, "rerank")

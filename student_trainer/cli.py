@@ -46,6 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --hybrid: weight of the BM25 score (default: tuned on the dataset's train queries)")
     e.add_argument("--doc-index", type=Path, default=None, help="teacher document embeddings parquet (asymmetric students)")
     e.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N queries")
+    e.add_argument("--ignore-identical-ids", action="store_true",
+                   help="drop a retrieved document whose id is the query's (corpora whose queries are documents)")
     e.add_argument("--output", type=Path, default=None, help="JSON file for the report (default: runs/eval/...)")
     e.set_defaults(handler=eval_command)
 
@@ -106,6 +108,8 @@ def eval_command(args: argparse.Namespace) -> int:
 
     if args.hybrid and args.rerank:
         raise ConfigError("--hybrid fuses full-retrieval lists with BM25; it cannot be combined with --rerank")
+    if args.hybrid and args.ignore_identical_ids:
+        raise ConfigError("--ignore-identical-ids filters the dense ranking only; it cannot be combined with --hybrid")
     if args.alpha is not None and not args.hybrid:
         raise ConfigError("--alpha is the BM25 weight of --hybrid; add --hybrid")
     if args.alpha is not None and args.alpha < 0:
@@ -120,7 +124,8 @@ def eval_command(args: argparse.Namespace) -> int:
         emb, ids = encode_docs(dataset.doc_texts), dataset.doc_ids
     index = DenseIndex.from_embeddings(ids, emb)
     candidates = dataset.candidates(args.split) if args.rerank else None
-    ev = evaluate_encoder(encode_queries, index, dataset, args.split, max_queries=args.max_queries, candidates=candidates)
+    ev = evaluate_encoder(encode_queries, index, dataset, args.split, max_queries=args.max_queries, candidates=candidates,
+                          ignore_identical_ids=args.ignore_identical_ids)
     if args.hybrid:
         return _hybrid_eval(args, dataset, encode_queries, index, ev.run, name)
     print(format_table({name: ev.report}))
