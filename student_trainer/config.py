@@ -111,6 +111,9 @@ class DataConfig(StrictModel):
 
     dataset: str = Field("scifact", description="Bundled dataset name or BEIR-layout directory.")
     train_split: str | None = Field("train", description="Qrels split with training queries; None for label-free distillation.")
+    query_log: str | None = Field(None, description=(
+        "Label-free runs: a split whose query texts (a query log, its qrels ignored) join the corpus pseudo-queries; "
+        "the teacher labels them like the rest."))
     eval_split: str = Field("test", description="Qrels split to evaluate on; 'dev': the dev_queries held out of "
                             "train_split (for choosing a recipe without looking at test).")
     dev_queries: int = Field(0, ge=0, description="Training queries held out (seeded) as a dev split for model selection.")
@@ -131,9 +134,20 @@ class DataConfig(StrictModel):
     extra_query_ratio: float = Field(0.0, ge=0, description="Extra queries per labelled query in each batch.")
     extra_query_pool: int = Field(20000, ge=1, description="Most pseudo-queries drawn from the corpus.")
     pseudo_queries: int = Field(4000, ge=8, description="Label-free runs (train_split: null): pseudo-queries drawn from the corpus and labelled by the teacher.")
+    pseudo_queries_per_document: int = Field(1, ge=1, description="Sentence and span draws per document for corpus pseudo-queries (label-free training queries and extra_queries: corpus); more draws give a small corpus more distinct texts.")
     max_train_queries: int | None = Field(None, ge=1, description="Cap on training queries (quick runs and tests).")
     max_eval_queries: int | None = Field(None, ge=1, description="Cap on evaluation queries (quick runs and tests).")
     refresh: NegativeRefreshConfig = Field(default_factory=NegativeRefreshConfig, description="Student-mined negatives refreshed during training (off by default).")
+
+    @model_validator(mode="after")
+    def _query_log_is_label_free(self) -> DataConfig:
+        if self.query_log is not None and self.train_split is not None:
+            raise ValueError("data.query_log adds unlabelled query texts to a label-free run: set data.train_split: null "
+                             "(with a train_split the queries come with their labels)")
+        if self.query_log is not None and self.query_log == self.eval_split:
+            raise ValueError(f"data.query_log '{self.query_log}' is the evaluation split: the student would train on the "
+                             "very queries it is judged on")
+        return self
 
     @model_validator(mode="after")
     def _dev_needs_held_out_queries(self) -> DataConfig:
@@ -182,6 +196,10 @@ class EvalConfig(StrictModel):
     rerank_depth: int = Field(100, ge=1, description="Candidates per query when they come from BM25 (datasets without candidates.<split>.tsv).")
     evaluate_teacher: bool = Field(True, description="Also evaluate the teacher, for the retained fraction.")
     evaluate_untrained: bool = Field(False, description="Also evaluate the (asymmetric) student before training.")
+    ignore_identical_ids: bool = Field(False, description=(
+        "Drop a retrieved document whose id is the query's id (BEIR's ignore_identical_ids), for collections where "
+        "every query is also a document (ArguAna, Quora); off by default, since in others (cranfield, vaswani) query "
+        "and document ids overlap by accident."))
     agreement_k: int = Field(10, ge=1, description="Depth of the teacher and student top-k lists compared by the agreement metrics (overlap@k, RBO, Kendall tau).")
     rbo_p: float = Field(0.9, gt=0, lt=1, description="RBO persistence (Webber et al. 2010): rank d weighs p^(d-1); p=0.9 puts 86% of the weight on the top 10.")
     agreement_every: int | None = Field(None, ge=1, description="Steps between teacher-student agreement measurements on held-out queries during training (None: only at the end).")

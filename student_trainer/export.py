@@ -55,7 +55,7 @@ def export_sentence_transformers(student: DualEncoderStudent, path: str | Path, 
         save_file({f"linear.{k}": v.detach().contiguous() for k, v in lin.state_dict().items()}, dense_dir / "model.safetensors")
         modules.append({"idx": len(modules), "name": str(len(modules)), "path": "3_Dense", "type": "sentence_transformers.models.Dense"})
     (path / "modules.json").write_text(json.dumps(modules, indent=2))
-    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": student.config.max_query_length, "do_lower_case": False}))
+    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": student.query_length, "do_lower_case": False}))
     (path / "config_sentence_transformers.json").write_text(json.dumps({
         "model_type": "SentenceTransformer", "prompts": {}, "default_prompt_name": None,
         "similarity_fn_name": "cosine" if student.config.similarity == "cosine" else "dot",

@@ -18,8 +18,12 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
 def corpus_pseudo_queries(dataset: BeirDataset, max_queries: int, seed: int, min_words: int = 4,
-                          max_words: int = 24) -> list[str]:
-    """Up to ``max_queries`` distinct pseudo-queries: titles, sentences and word spans of documents."""
+                          max_words: int = 24, per_document: int = 1) -> list[str]:
+    """Up to ``max_queries`` distinct pseudo-queries: titles, sentences and word spans of documents.
+
+    Each document gives its title and ``per_document`` draws of a sentence and of a word span
+    (duplicates dropped): one draw each leaves a small corpus (cranfield's 1,400 abstracts) with
+    few distinct texts to learn the teacher's query space from; more draws multiply them."""
     rng = np.random.default_rng(seed)
     titles = dataset.corpus.column("title").to_pylist()
     texts = dataset.corpus.column("text").to_pylist()
@@ -28,13 +32,14 @@ def corpus_pseudo_queries(dataset: BeirDataset, max_queries: int, seed: int, min
         if title and len(title.split()) >= min_words:
             candidates.append(title.strip())
         sentences = [s for s in _SENTENCE.split(text) if min_words <= len(s.split()) <= max_words]
-        if sentences:
-            candidates.append(sentences[int(rng.integers(len(sentences)))].strip())
         words = text.split()
-        if len(words) >= 2 * min_words:
-            length = int(rng.integers(min_words, min(max_words, len(words)) + 1))
-            start = int(rng.integers(0, len(words) - length + 1))
-            candidates.append(" ".join(words[start : start + length]))
+        for _ in range(per_document):  # one draw: the very sequence of draws of earlier versions
+            if sentences:
+                candidates.append(sentences[int(rng.integers(len(sentences)))].strip())
+            if len(words) >= 2 * min_words:
+                length = int(rng.integers(min_words, min(max_words, len(words)) + 1))
+                start = int(rng.integers(0, len(words) - length + 1))
+                candidates.append(" ".join(words[start : start + length]))
     unique = list(dict.fromkeys(c for c in candidates if c))
     order = rng.permutation(len(unique))[:max_queries]
     return [unique[i] for i in order]
@@ -73,10 +78,12 @@ def perturbed_queries(queries: list[str], per_query: int, seed: int, drop: float
 
 
 def build_extra_queries(kind: str, dataset: BeirDataset, train_queries: list[str], pool: int, per_query: int, seed: int,
-                        generator: str | None = None, noise: float = 0.1, show_progress: bool = False) -> list[str]:
-    """The run's extra-query pool for ``data.extra_queries`` = ``kind`` (at most ``pool`` of them)."""
+                        generator: str | None = None, noise: float = 0.1, show_progress: bool = False,
+                        per_document: int = 1) -> list[str]:
+    """The run's extra-query pool for ``data.extra_queries`` = ``kind`` (at most ``pool`` of them;
+    ``per_document`` as in :func:`corpus_pseudo_queries`)."""
     if kind == "corpus":
-        return corpus_pseudo_queries(dataset, pool, seed)
+        return corpus_pseudo_queries(dataset, pool, seed, per_document=per_document)
     if kind == "perturbed":
         out = perturbed_queries(train_queries, per_query, seed)
     elif kind == "generated":

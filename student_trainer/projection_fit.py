@@ -65,7 +65,7 @@ def fit_projection(run: RunConfig, student: DualEncoderStudent, client: Any, tex
         keep = np.random.default_rng(run.train.seed).choice(len(texts), run.student.projection_fit_queries, replace=False)
         texts = [texts[i] for i in sorted(keep)]
     teacher = client.encode_many(texts, role="query", teacher=run.teacher.teacher)
-    own = student.query_encoder.encode(texts, max_length=run.student.max_query_length)
+    own = student.query_encoder.encode(texts, max_length=student.query_length)
     w, b = fit_linear_map(own, teacher)
     with torch.inference_mode():
         before = student.projection(torch.from_numpy(own)).numpy()

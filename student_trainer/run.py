@@ -45,6 +45,7 @@ from student_trainer.extra_queries import build_extra_queries, corpus_pseudo_que
 from student_trainer.negative_refresh import TrainingQueries
 from student_trainer.progress import ProgressBar
 from student_trainer.projection_fit import fit_projection, needs_fit
+from student_trainer.query_length import resolve_query_length
 from student_trainer.report import write_report
 from student_trainer.students import DualEncoderStudent
 from student_trainer.teacher_index import DocEmbeddings, teacher_doc_embeddings
@@ -265,7 +266,11 @@ def prepare_examples(run: RunConfig, dataset: BeirDataset, client: TeacherClient
     ``data.train_split``, pseudo-queries from the corpus labelled by the teacher's ranking."""
     split = split_queries(dataset, run.data, run.train.seed)
     if run.data.train_split is None:
-        queries = corpus_pseudo_queries(dataset, run.data.pseudo_queries, run.train.seed)
+        queries = corpus_pseudo_queries(dataset, run.data.pseudo_queries, run.train.seed,
+                                        per_document=run.data.pseudo_queries_per_document)
+        if run.data.query_log is not None:  # real queries without their labels: the teacher labels them too
+            logged = [dataset.query_text[q] for q in dataset.split_query_ids(run.data.query_log)]
+            queries = list(dict.fromkeys(logged + queries))
         q_emb = client.encode_many(queries, role="query", progress="teacher: embedding pseudo-queries")
         table = label_free_examples(dataset, queries, run.data, doc_index, q_emb, run.train.seed)
     else:
@@ -379,7 +384,7 @@ def evaluate(run: RunConfig, dataset: BeirDataset, doc_index: DocEmbeddings, enc
             return embeddings[name]
 
         ev = evaluate_encoder(capture, doc_index.index, dataset, split, run.eval.k_values, query_ids=query_ids,
-                              candidates=candidates)
+                              candidates=candidates, ignore_identical_ids=run.eval.ignore_identical_ids)
         reports[name] = ev.report
     return reports, embeddings
 
@@ -418,7 +423,8 @@ def evaluate_run_models(run: RunConfig, dataset: BeirDataset, client: TeacherCli
         def score_pairs(queries: list[str], documents: list[str]) -> np.ndarray:
             return client.score_many(queries, documents, progress=f"teacher {info['name']}: re-ranking" if show_progress else None)
 
-        reports["teacher"] = evaluate_pair_scorer(score_pairs, dataset, split, candidates, run.eval.k_values, query_ids).report
+        reports["teacher"] = evaluate_pair_scorer(score_pairs, dataset, split, candidates, run.eval.k_values, query_ids,
+                                                  ignore_identical_ids=run.eval.ignore_identical_ids).report
     if student.asymmetric:
         encoders["student"] = exported.encode_queries
         if run.eval.evaluate_untrained:
@@ -493,8 +499,16 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
     examples, num_examples = prepare_examples(run, dataset, client, doc_index)
     extra = (build_extra_queries(run.data.extra_queries, dataset, training_queries(examples), run.data.extra_query_pool,
                                  run.data.generated_per_query, run.train.seed, run.data.generator, run.data.generator_noise,
-                                 show_progress) if run.data.extra_query_ratio > 0 else [])
+                                 show_progress, run.data.pseudo_queries_per_document) if run.data.extra_query_ratio > 0 else [])
     timings["examples_s"] = time.perf_counter() - t
+
+    query_length = resolve_query_length(run.student.model, run.student.max_query_length, info["max_query_length"],
+                                        training_queries(examples) + extra,
+                                        [dataset.query_text[q] for q in eval_queries(run, dataset)[1]])
+    run = run.model_copy(update={"student": run.student.model_copy(update={"max_query_length": query_length.limit})})
+    if query_length.eval_truncated:
+        print(f"queries cut at {query_length.limit} tokens (the teacher reads {query_length.teacher_limit}): "
+              f"{query_length.eval_truncated} of {query_length.eval_queries} evaluation queries are longer")
 
     t = time.perf_counter()
     described = describe_ensemble(run, client, dataset, show_progress)
@@ -540,6 +554,7 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
         (run.run_dir / "agreement.json").write_text(json.dumps(_finite(agreement.per_query)))
     metrics["query_latency_ms"] = query_latencies(info, exported, dataset, run)
     metrics["extra_queries"] = {"source": run.data.extra_queries, "pool": len(extra)}
+    metrics["query_length"] = query_length.as_dict()
     if projection:
         metrics["projection_fit"] = {k: v for k, v in projection.items() if k not in ("w", "b")}
     (run.run_dir / "metrics.json").write_text(json.dumps(_finite(metrics), indent=2))

@@ -24,6 +24,8 @@ from common.scoring import similarity_fns
 from common.text_encoder import TextEncoder
 
 
+# A student built outside a run (where the limit is resolved from the data) reads queries this long.
+DEFAULT_QUERY_LENGTH = 64
 # 1 / 0.25, TCT-ColBERT's teacher temperature: the scale of a student without a tempered loss to tie it to.
 DEFAULT_SCORE_SCALE = 4.0
 
@@ -53,7 +55,10 @@ class StudentConfig(StrictModel):
     freeze_embeddings: bool = Field(False, description=(
         "Keep the (teacher-initialised) token embeddings frozen: they hold most of a small student's "
         "parameters, and their dense gradient and optimizer update dominate a 2-layer step's cost."))
-    max_query_length: int = Field(64, ge=4, description="Query truncation, in tokens.")
+    max_query_length: int | None = Field(None, ge=4, description=(
+        "Query truncation, in tokens. Default (None): from the data, the longest training or evaluation query, at "
+        "most what the teacher reads (student_trainer/query_length.py); a student built outside a run reads "
+        f"{DEFAULT_QUERY_LENGTH}."))
     max_document_length: int = Field(256, ge=4, description="Document truncation (symmetric students).")
 
 
@@ -107,10 +112,15 @@ class DualEncoderStudent(nn.Module):
     def asymmetric(self) -> bool:
         return self.config.asymmetric
 
+    @property
+    def query_length(self) -> int:
+        """Query truncation in tokens (``StudentConfig.max_query_length``; a run resolves the default)."""
+        return self.config.max_query_length or DEFAULT_QUERY_LENGTH
+
     def embed_queries(self, texts: list[str]) -> torch.Tensor:
         """Projected query embeddings ``[n, teacher_dim]`` (differentiable)."""
         enc = self.query_encoder
-        batch = enc.collate(enc.tokenize(texts, self.config.max_query_length))
+        batch = enc.collate(enc.tokenize(texts, self.query_length))
         return self.projection(enc(**batch))
 
     def embed_documents(self, texts: list[str]) -> torch.Tensor:

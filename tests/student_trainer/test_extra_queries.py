@@ -74,7 +74,11 @@ def test_run_config_builds_each_kind_of_extra_query_pool(tiny_bart_dir, mini_bei
     dataset = load_beir(mini_beir)
     generated = build_extra_queries("generated", dataset, QUERIES[:3], pool=4, per_query=2, seed=0,
                                     generator=str(tiny_bart_dir), noise=0.2)
-    assert 0 < len(generated) <= 4 and not set(generated) & set(QUERIES)
+    # The pool is the seeded generator's own distinct output for these queries, cut to `pool`
+    # (the tiny random BART repeats itself: fewer than 4 distinct generations here, all kept).
+    direct = QueryGenerator(tiny_bart_dir, noise_sigma=0.2, per_query=2, seed=0).generate(QUERIES[:3])
+    assert set(generated) <= set(direct) and len(set(generated)) == len(generated) == min(4, len(direct)), (direct, generated)
+    assert not set(generated) & set(QUERIES)
     assert build_extra_queries("perturbed", dataset, QUERIES, pool=3, per_query=2, seed=0) == \
         build_extra_queries("perturbed", dataset, QUERIES, pool=3, per_query=2, seed=0)
     assert len(build_extra_queries("perturbed", dataset, QUERIES, pool=3, per_query=2, seed=0)) == 3
@@ -82,3 +86,19 @@ def test_run_config_builds_each_kind_of_extra_query_pool(tiny_bart_dir, mini_bei
     with pytest.raises(ValueError, match="data.generator"):
         build_extra_queries("generated", dataset, QUERIES, pool=3, per_query=2, seed=0)
     assert DataConfig(extra_queries="generated", generator=str(tiny_bart_dir), generator_noise=0.2).generated_per_query == 2
+
+
+def test_more_draws_per_document_give_more_distinct_pseudo_queries_from_the_corpus(mini_beir):
+    from common.datasets import load_beir
+    from student_trainer.extra_queries import corpus_pseudo_queries
+
+    dataset = load_beir(mini_beir)
+    one = corpus_pseudo_queries(dataset, 10**6, seed=3)
+    four = corpus_pseudo_queries(dataset, 10**6, seed=3, per_document=4)
+    assert one == corpus_pseudo_queries(dataset, 10**6, seed=3, per_document=1)
+    assert len(four) > 1.8 * len(one) and len(set(four)) == len(four)
+    corpus = " ".join(f"{t} {x}" for t, x in zip(dataset.corpus.column("title").to_pylist(),
+                                                   dataset.corpus.column("text").to_pylist()))
+    corpus = " ".join(corpus.split())
+    assert all(" ".join(q.split()) in corpus for q in four)  # titles, sentences and spans, verbatim up to whitespace
+    assert len(corpus_pseudo_queries(dataset, 50, seed=3, per_document=4)) == 50
