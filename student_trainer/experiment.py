@@ -138,6 +138,11 @@ def summarise(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
 
 
+# Systems a run may evaluate besides teacher and student, tabled (nDCG@10) where every seed has them.
+OPTIONAL_SYSTEMS = {"retrieval nDCG@10": STUDENT_RETRIEVAL, "untrained nDCG@10": "untrained student"}
+OPTIONAL_COLUMNS = {"retrieval nDCG@10": "nDCG@10, full retrieval", "untrained nDCG@10": "untrained student nDCG@10"}
+
+
 def collect_rows(experiment: ExperimentConfig, results: dict[tuple[str, str], list[dict[str, Any]]]) -> dict[str, Any]:
     """The table: per dataset, the teachers and each row's metrics (mean/std over seeds).
 
@@ -161,8 +166,9 @@ def collect_rows(experiment: ExperimentConfig, results: dict[tuple[str, str], li
             for metric in TABLE_METRICS:
                 entry[metric] = summarise([m["metrics"]["student"][metric] for m in ms])
             entry["retained"] = summarise([m["retained"]["nDCG@10"] for m in ms]) if all("retained" in m for m in ms) else None
-            if all(STUDENT_RETRIEVAL in m["metrics"] for m in ms):
-                entry["retrieval nDCG@10"] = summarise([m["metrics"][STUDENT_RETRIEVAL]["nDCG@10"] for m in ms])
+            for key, system in OPTIONAL_SYSTEMS.items():
+                if all(system in m["metrics"] for m in ms):
+                    entry[key] = summarise([m["metrics"][system]["nDCG@10"] for m in ms])
             if all(m.get("agreement") for m in ms):
                 entry["agreement"] = {k: summarise([m["agreement"][k] for m in ms]) for k in AGREEMENT_COLUMNS
                                       if all(k in m["agreement"] for m in ms)}
@@ -227,21 +233,21 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
         ev = block.get("eval", {"mode": "retrieval"})
         how = f", re-ranking {ev.get('candidates')}" if ev["mode"] == "rerank" else ""
         several = len(block["teachers"]) > 1
-        retrieval = any("retrieval nDCG@10" in e for e in block["rows"])
+        optional = [key for key in OPTIONAL_COLUMNS if any(key in e for e in block["rows"])]
         head = ["row"] + (["teacher"] if several else []) + ["nDCG@10", "MRR@10", "R@100", "retained (nDCG@10)"]
-        head += (["nDCG@10, full retrieval"] if retrieval else []) + ["steps", "train wall (s)"]
+        head += [OPTIONAL_COLUMNS[key] for key in optional] + ["steps", "train wall (s)"]
         lines += [f"## {dataset} ({block.get('split', 'test')}{how})", "", "| " + " | ".join(head) + " |",
                   "|" + " --- |" * len(head)]
         for name, t in block["teachers"].items():
             cells = [f"teacher {name}" if several else "teacher"] + ([name] if several else [])
             cells += [f"{t['nDCG@10']:.3f}", f"{t['MRR@10']:.3f}", f"{t['R@100']:.3f}", "1.000"]
-            lines.append("| " + " | ".join(cells + (["-"] if retrieval else []) + ["-", "-"]) + " |")
+            lines.append("| " + " | ".join(cells + ["-"] * len(optional) + ["-", "-"]) + " |")
         for e in block["rows"]:
             label = f"{e['row']}: {e['description']}" if e["description"] else e["row"]
             label += " (carried over)" if e.get("carried") else ""
             cells = [label] + ([e.get("teacher", "-")] if several else [])
             cells += [_cell(e["nDCG@10"]), _cell(e["MRR@10"]), _cell(e["R@100"]), _cell(e["retained"])]
-            cells += ([_cell(e.get("retrieval nDCG@10"))] if retrieval else []) + [str(e["steps"]), _cell(e["train_s"], 0)]
+            cells += [_cell(e.get(key)) for key in optional] + [str(e["steps"]), _cell(e["train_s"], 0)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         lines += _agreement_table(block["rows"])

@@ -21,6 +21,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ["TIGHTDISTILL_CACHE"] = tempfile.mkdtemp(prefix="tightdistill-test-cache-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from tiny_checkpoints import save_tiny_bert  # noqa: E402 - after the environment above
+
 TEST_TOKEN_ENV = "TIGHTDISTILL_TEST_TOKEN"
 TEST_TOKEN = "s3cret-test-token"
 
@@ -36,30 +38,6 @@ def minilm_dir() -> Path:
     from common.model_registry import resolve_model
 
     return resolve_model("minilm-l6")
-
-
-def save_tiny_bert(path: Path, minilm_dir: Path, seed: int = 0, hidden: int = 32, layers: int = 2,
-                   pooling: str = "mean") -> Path:
-    """A random 2-layer BERT with MiniLM's tokenizer, in the sentence-transformers layout."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=2 * hidden, max_position_embeddings=512)
-    BertModel(config).save_pretrained(path)
-    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
-    (path / "1_Pooling").mkdir(exist_ok=True)
-    (path / "1_Pooling" / "config.json").write_text(json.dumps({
-        "word_embedding_dimension": hidden,
-        "pooling_mode_cls_token": pooling == "cls",
-        "pooling_mode_mean_tokens": pooling == "mean",
-    }))
-    (path / "modules.json").write_text(json.dumps([
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-    ]))
-    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128, "do_lower_case": False}))
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,5 @@
-"""Tiny teacher checkpoints (random weights, MiniLM's tokenizer) in the on-disk layouts users have:
-a ColBERTv2 ``HF_ColBERT`` directory, a sentence-transformers ``CrossEncoder`` directory, and a
+"""Tiny checkpoints (random weights, MiniLM's tokenizer) in the on-disk layouts users have: a
+sentence-transformers BERT (``save_tiny_bert``), a ColBERTv2 ``HF_ColBERT`` directory, a sentence-transformers ``CrossEncoder`` directory, and a
 dual-pooled CE directory as ``tightdistill train-teacher --kind ce`` writes it (``tightdistill_ce.json``
 beside the weights). Shared by the service tests and the trainer tests."""
 
@@ -47,4 +47,28 @@ def save_cross_encoder(path: Path, minilm_dir: Path, seed: int = 2, ce_meta: dic
     (path / "config.json").write_text(json.dumps(config))
     if ce_meta is not None:
         (path / "tightdistill_ce.json").write_text(json.dumps(ce_meta))
+    return path
+
+
+def save_tiny_bert(path: Path, minilm_dir: Path, seed: int = 0, hidden: int = 32, layers: int = 2,
+                   pooling: str = "mean") -> Path:
+    """A random 2-layer BERT with MiniLM's tokenizer, in the sentence-transformers layout."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=512)
+    BertModel(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(path)
+    (path / "1_Pooling").mkdir(exist_ok=True)
+    (path / "1_Pooling" / "config.json").write_text(json.dumps({
+        "word_embedding_dimension": hidden,
+        "pooling_mode_cls_token": pooling == "cls",
+        "pooling_mode_mean_tokens": pooling == "mean",
+    }))
+    (path / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]))
+    (path / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 128, "do_lower_case": False}))
     return path

@@ -214,3 +214,18 @@ def test_rows_neither_run_nor_on_disk_are_carried_from_the_previous_table():
     assert [e["row"] for e in table["d2"]["rows"]] == ["a", "b", "c"]  # a dataset this command did not touch
     markdown = render_markdown(exp, table, {"command": "c", "commit": "new", "date": "d", "machine": "m"})
     assert "| a: A (carried over) |" in markdown and "| b: B |" in markdown
+
+
+def test_the_untrained_student_gets_a_column_where_runs_measured_it():
+    def metrics(ndcg: float, untrained: float | None) -> dict:
+        systems = {"teacher": {"nDCG@10": 0.5, "MRR@10": 0.4, "R@100": 1.0},
+                   "student": {"nDCG@10": ndcg, "MRR@10": ndcg, "R@100": 0.9}}
+        if untrained is not None:
+            systems["untrained student"] = {"nDCG@10": untrained, "MRR@10": 0.0, "R@100": 0.0}
+        return {"run": "r", "seed": 13, "steps": 10, "timings": {"train_s": 1.0}, "metrics": systems}
+
+    exp = ExperimentConfig(name="x", base=Path("b.yaml"), rows=[ExperimentRow(name="a"), ExperimentRow(name="b")])
+    table = collect_rows(exp, {("a", "scifact"): [metrics(0.3, 0.125)], ("b", "scifact"): [metrics(0.4, None)]})
+    assert table["scifact"]["rows"][0]["untrained nDCG@10"]["mean"] == 0.125 and "untrained nDCG@10" not in table["scifact"]["rows"][1]
+    markdown = render_markdown(exp, table, {"command": "c", "commit": "k", "date": "d", "machine": "m"})
+    assert "| untrained student nDCG@10 |" in markdown and "| a | 0.300 | 0.300 | 0.900 | - | 0.125 | 10 | 1 |" in markdown

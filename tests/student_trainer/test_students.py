@@ -7,7 +7,7 @@ import torch
 
 from common.datasets import load_beir
 from common.text_encoder import TextEncoder
-from conftest import save_tiny_bert
+from tiny_checkpoints import save_tiny_bert
 from student_trainer.config import RunConfig
 from student_trainer.losses import DistillBatch, build_loss, kl_teacher_student
 from student_trainer.students import DualEncoderStudent, StudentConfig

@@ -16,7 +16,7 @@ from teacher_service.client import TeacherClient
 from teacher_service.kinds import build_teacher
 from teacher_service.signal_cache import CachedPrimitives, EncodingCache, teacher_fingerprint
 from teacher_service.spec import CacheConfig, TeacherSpec
-from conftest import save_tiny_bert
+from tiny_checkpoints import save_tiny_bert
 from tiny_checkpoints import save_cross_encoder
 
 
