@@ -32,6 +32,22 @@ def machine() -> dict[str, Any]:
     return info
 
 
+# CPU flags of native bfloat16 arithmetic (what dtype/precision "auto" looks for).
+BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
+
+
+def cpu_bf16() -> dict[str, Any]:
+    """Whether this CPU computes bfloat16 natively, from ``/proc/cpuinfo``'s flags:
+    ``{"kind": "bf16-capable" | "no native bf16" | "unknown", "flags": [...]}``."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            line = next((ln for ln in fh if ln.startswith("flags")), "")
+    except OSError:
+        return {"kind": "unknown", "flags": []}
+    flags = [f for f in BF16_FLAGS if f in line.split()]
+    return {"kind": "bf16-capable" if flags else ("no native bf16" if line else "unknown"), "flags": flags}
+
+
 def timed(fn: Callable[[], Any], repeats: int = 1) -> float:
     """Best wall time of ``repeats`` runs (the least disturbed by other processes)."""
     best = float("inf")
@@ -42,9 +58,10 @@ def timed(fn: Callable[[], Any], repeats: int = 1) -> float:
     return best
 
 
-def write_result(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+def write_result(name: str, payload: dict[str, Any], path: Path | None = None) -> Path:
+    """Write ``payload`` with the machine description to ``path`` (default: ``RESULTS/<name>.json``)."""
+    path = path or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"benchmark": name, "machine": machine(), **payload}, indent=2))
     return path
 
