@@ -148,6 +148,8 @@ class Teacher(ABC):
         self.device = torch.device(device)
         # Padded tokens per forward pass (length-sorted batches); small on a CPU, large on a GPU.
         self.token_budget = token_budget or default_token_budget(self.device.type)
+        # Hashed once, as the weights are loaded: describing the teacher (which requests do) never touches files.
+        self.weights_fingerprint = checkpoint_fingerprint(resolve_model(checkpoint))
 
     @abstractmethod
     def _info(self) -> TeacherInfo:
@@ -167,7 +169,7 @@ class Teacher(ABC):
         options = self.options.model_dump(mode="json") if isinstance(self.options, BaseModel) else self.options
         if isinstance(options, dict):
             options = {k: v for k, v in options.items() if k not in OUTPUT_NEUTRAL_OPTIONS}
-        payload = json.dumps({"weights": checkpoint_fingerprint(resolve_model(self.checkpoint)), "options": options},
+        payload = json.dumps({"weights": self.weights_fingerprint, "options": options},
                              sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 

@@ -60,6 +60,9 @@ def test_a_run_under_a_wider_teacher_trains_from_the_fitted_projection(teacher_a
 
     client = connect_teacher(run.teacher)
     info = client.describe()
+    # The run read queries as long as its data needed (metrics.json records the limit): fit the same way.
+    limit = result.metrics["query_length"]["limit"]
+    run = run.model_copy(update={"student": run.student.model_copy(update={"max_query_length": limit})})
     expected = fit_projection(run, build_student(run, info), client, training_queries(result.run_dir / "data" / "train.parquet"))
     exported = ExportedStudent(result.student_dir).projection
     assert isinstance(exported, torch.nn.Linear) and tuple(exported.weight.shape) == (384, 32)
