@@ -497,13 +497,14 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
 
     t = time.perf_counter()
     examples, num_examples = prepare_examples(run, dataset, client, doc_index)
-    extra = (build_extra_queries(run.data.extra_queries, dataset, training_queries(examples), run.data.extra_query_pool,
+    train_queries = training_queries(examples)
+    extra = (build_extra_queries(run.data.extra_queries, dataset, train_queries, run.data.extra_query_pool,
                                  run.data.generated_per_query, run.train.seed, run.data.generator, run.data.generator_noise,
                                  show_progress, run.data.pseudo_queries_per_document) if run.data.extra_query_ratio > 0 else [])
     timings["examples_s"] = time.perf_counter() - t
 
     query_length = resolve_query_length(run.student.model, run.student.max_query_length, info["max_query_length"],
-                                        training_queries(examples) + extra,
+                                        train_queries + extra,
                                         [dataset.query_text[q] for q in eval_queries(run, dataset)[1]])
     run = run.model_copy(update={"student": run.student.model_copy(update={"max_query_length": query_length.limit})})
     if query_length.eval_truncated:
@@ -512,7 +513,7 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
 
     t = time.perf_counter()
     described = describe_ensemble(run, client, dataset, show_progress)
-    projection = fitted_projection(run, info, client, training_queries(examples) + extra)
+    projection = fitted_projection(run, info, client, train_queries + extra)
     hooks = {"ensemble": described, "refresh_ref": refresh_inputs(run, examples, dataset),
              "agreement_ref": agreement_inputs(run, dataset, client),
              "projection_ref": ray.put({k: projection[k] for k in ("w", "b")}) if projection else None}
