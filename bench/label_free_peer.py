@@ -157,7 +157,8 @@ def peer_texts(run: RunConfig, result: RunResult, dataset: BeirDataset) -> tuple
 
 def load_peer(run: RunConfig, query_length: int, teacher_dim: int) -> SentenceTransformer:
     """The student's checkpoint as a sentence-transformers model, cut to ``student.num_layers``
-    layers as ``DualEncoderStudent`` cuts it, reading queries up to ``query_length`` tokens."""
+    layers (``student.layer_selection``) as ``DualEncoderStudent`` cuts it, reading queries up to
+    ``query_length`` tokens."""
     from sentence_transformers import SentenceTransformer
 
     from common.config import ConfigError
@@ -171,7 +172,7 @@ def load_peer(run: RunConfig, query_length: int, teacher_dim: int) -> SentenceTr
                           f"({meta.normalize}); the run sets student.pooling/normalize otherwise")
     model = SentenceTransformer(str(path), device="cpu")
     if run.student.num_layers is not None:
-        truncate_layers(model[0].auto_model, run.student.num_layers)
+        truncate_layers(model[0].auto_model, run.student.num_layers, run.student.layer_selection)
     if run.student.freeze_embeddings:
         for param in model[0].auto_model.embeddings.parameters():
             param.requires_grad_(False)
@@ -313,7 +314,8 @@ def compare(run: RunConfig, show_progress: bool) -> dict[str, Any]:
     return {
         "dataset": dataset.name, "split": split, "eval_queries": len(query_ids),
         "train_texts": {"training_queries": len(train), "extra_queries": len(extra), "distinct": len(texts)},
-        "query_length": query_length, "student": {"model": run.student.model, "num_layers": run.student.num_layers},
+        "query_length": query_length, "student": {"model": run.student.model, "num_layers": run.student.num_layers,
+                                                                 "layer_selection": run.student.layer_selection},
         "teacher": {"name": info["name"], "checkpoint": info["checkpoint"], "nDCG@10": teacher,
                     "dtype": teacher_dtype(run, info)},
         "tightdistill": td, "peer": peer,

@@ -11,6 +11,7 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -87,14 +88,37 @@ def read_st_meta(model_dir: Path) -> SentenceTransformersMeta:
     return SentenceTransformersMeta(pooling=pooling, normalize=normalize, max_length=max_length)
 
 
-def truncate_layers(model: PreTrainedModel, num_layers: int) -> PreTrainedModel:
-    """Keep the first ``num_layers`` transformer layers, as the papers' small students do."""
+LayerSelection = Literal["first", "spread"]
+
+
+def kept_layer_indices(total: int, num_layers: int, selection: LayerSelection = "first") -> list[int]:
+    """Which of ``total`` transformer layers a ``num_layers``-layer cut keeps.
+
+    ``first``: layers ``0 .. k-1``, as the papers' small students do. ``spread``: evenly spaced
+    from the first to the last layer (DistilBERT-style initialisation from every n-th layer);
+    keeping the teacher's last layer starts the student near the teacher's output space, which a
+    student that must copy the teacher's embeddings needs (issue #24: on scifact's dev queries a
+    2-layer student from layers 0 and 5 copied the teacher far better than one from layers 0 and 1).
+    A single layer from ``spread`` is the last one.
+    """
+    if not 1 <= num_layers <= total:
+        raise ValueError(f"num_layers={num_layers} but the model has {total} layers")
+    if selection == "first":
+        return list(range(num_layers))
+    if selection != "spread":
+        raise ValueError(f"layer selection must be 'first' or 'spread', got {selection!r}")
+    if num_layers == 1:
+        return [total - 1]
+    return sorted({round(i * (total - 1) / (num_layers - 1)) for i in range(num_layers)})
+
+
+def truncate_layers(model: PreTrainedModel, num_layers: int, selection: LayerSelection = "first") -> PreTrainedModel:
+    """Keep ``num_layers`` transformer layers, chosen by ``selection`` (see :func:`kept_layer_indices`)."""
     layers = getattr(getattr(model, "encoder", None), "layer", None)
     if layers is None:
         raise ValueError(f"cannot truncate {type(model).__name__}: it has no encoder.layer list")
-    if not 1 <= num_layers <= len(layers):
-        raise ValueError(f"num_layers={num_layers} but the model has {len(layers)} layers")
-    model.encoder.layer = nn.ModuleList(list(layers)[:num_layers])
+    keep = kept_layer_indices(len(layers), num_layers, selection)
+    model.encoder.layer = nn.ModuleList([layers[i] for i in keep])
     model.config.num_hidden_layers = num_layers
     return model
 
@@ -132,13 +156,14 @@ class TextEncoder(nn.Module):
         num_layers: int | None = None,
         device: str = "cpu",
         dtype: str = "float32",
+        layer_selection: LayerSelection = "first",
     ) -> TextEncoder:
         """Load from a registry name, directory or hub id; unset options come from the checkpoint."""
         model_dir = resolve_model(reference)
         meta = read_st_meta(model_dir)
         model = AutoModel.from_pretrained(model_dir, dtype=DTYPES[dtype])
         if num_layers is not None:
-            truncate_layers(model, num_layers)
+            truncate_layers(model, num_layers, layer_selection)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         encoder = cls(
             model,

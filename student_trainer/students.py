@@ -21,7 +21,7 @@ from torch import nn
 
 from common.config import StrictModel
 from common.scoring import similarity_fns
-from common.text_encoder import TextEncoder
+from common.text_encoder import LayerSelection, TextEncoder
 
 
 # A student built outside a run (where the limit is resolved from the data) reads queries this long.
@@ -34,7 +34,11 @@ class StudentConfig(StrictModel):
     """What the student is and how it scores."""
 
     model: str = Field("minilm-l6", description="Encoder to start from: registry name, local directory or hub id.")
-    num_layers: int | None = Field(2, ge=1, description="Keep the first k transformer layers (None: all).")
+    num_layers: int | None = Field(2, ge=1, description="Keep k of the encoder's transformer layers (None: all).")
+    layer_selection: LayerSelection = Field("first", description=(
+        "Which k layers: 'first' (layers 0..k-1, as the papers' students) or 'spread' (evenly spaced, first to last; "
+        "one layer: the last). 'spread' keeps the layer that shapes the teacher's output space, which a student "
+        "copying the teacher's embeddings without labels needs (deploy/label-free.yaml)."))
     pooling: Literal["cls", "mean"] | None = Field(None, description="Pooling; default: the checkpoint's.")
     normalize: bool | None = Field(None, description="L2-normalise embeddings; default: the checkpoint's.")
     asymmetric: bool = Field(True, description="Inherit the teacher's document embeddings; train only a query encoder.")
@@ -86,6 +90,7 @@ class DualEncoderStudent(nn.Module):
         self.query_encoder = TextEncoder.from_pretrained(
             config.model, pooling=config.pooling, normalize=config.normalize,
             max_length=config.max_document_length, num_layers=config.num_layers,
+            layer_selection=config.layer_selection,
         )
         # HF's pooler head (BERT's tanh [CLS] layer) is not part of our pooling; frozen, it stays
         # out of DDP's gradient reduction, which otherwise fails on parameters without gradients.

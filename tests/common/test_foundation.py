@@ -15,7 +15,7 @@ from common.batching import default_token_budget, plan_batches
 from common.config import ConfigError, StrictModel, load_config
 from common.datasets import DataError, load_beir, read_parquet, read_triples_tsv, write_parquet
 from common.model_registry import ModelNotFoundError, PackagedModel, SplitZipModel, resolve_model
-from common.text_encoder import TextEncoder
+from common.text_encoder import TextEncoder, kept_layer_indices
 
 
 class _Cfg(StrictModel):
@@ -124,6 +124,24 @@ def test_truncated_student_keeps_first_layers(tiny_bert_dir):
     np.testing.assert_allclose(np.linalg.norm(enc.encode(["hello world"]), axis=1), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="has 2 layers"):
         TextEncoder.from_pretrained(tiny_bert_dir, num_layers=3)
+
+
+@pytest.mark.parametrize(("total", "k", "selection", "expected"), [
+    (6, 2, "first", [0, 1]), (6, 2, "spread", [0, 5]), (6, 3, "spread", [0, 2, 5]), (6, 1, "spread", [5]),
+    (12, 4, "spread", [0, 4, 7, 11]), (6, 6, "spread", [0, 1, 2, 3, 4, 5]),
+])
+def test_kept_layer_indices(total, k, selection, expected):
+    assert kept_layer_indices(total, k, selection) == expected
+
+
+def test_spread_cut_keeps_the_last_layer_with_its_weights(tiny_bert_dir):
+    full = TextEncoder.from_pretrained(tiny_bert_dir)
+    cut = TextEncoder.from_pretrained(tiny_bert_dir, num_layers=1, layer_selection="spread")
+    assert cut.model.config.num_hidden_layers == 1
+    kept, last = cut.model.encoder.layer[0].state_dict(), full.model.encoder.layer[-1].state_dict()
+    assert all(torch.equal(kept[name], last[name]) for name in last)
+    with pytest.raises(ValueError, match="'first' or 'spread'"):
+        kept_layer_indices(6, 2, "middle")
 
 
 def test_bundled_scifact_loads():
