@@ -107,9 +107,9 @@ def read_table(path: Path, on_bad_input: OnBadInput = "error") -> Documents:
     if missing:
         raise DataError(f"{path}: needs columns 'id' and 'text' (missing {', '.join(sorted(missing))}; "
                         f"has {', '.join(table.column_names) or 'none'})")
-    ids = table.column("id").cast(pa.string()).to_pylist()
-    texts = table.column("text").cast(pa.string()).to_pylist()
-    titles = table.column("title").cast(pa.string()).to_pylist() if "title" in table.column_names else [None] * len(ids)
+    ids = _strings(table, "id", path, first_row)
+    texts = _strings(table, "text", path, first_row)
+    titles = _strings(table, "title", path, first_row) if "title" in table.column_names else [None] * len(ids)
     docs = Documents(path.stem)
     for row, (doc_id, title, text) in enumerate(zip(ids, titles, texts), start=first_row):
         where = f"{path}:{row}"
@@ -118,6 +118,21 @@ def read_table(path: Path, on_bad_input: OnBadInput = "error") -> Documents:
             continue
         docs.add(doc_id, title or "", text or "", where, on_bad_input)
     return docs
+
+
+def _strings(table: pa.Table, column: str, path: Path, first_row: int) -> list[str | None]:
+    """A column as Python strings; bytes that are not UTF-8 (pyarrow reads such a CSV column as
+    binary) are a :class:`DataError` naming the row."""
+    values = table.column(column)
+    if not (pa.types.is_binary(values.type) or pa.types.is_large_binary(values.type)):
+        return values.cast(pa.string()).to_pylist()
+    out: list[str | None] = []
+    for row, raw in enumerate(values.to_pylist(), start=first_row):
+        try:
+            out.append(None if raw is None else raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}:{row}: not valid UTF-8 (column '{column}', byte {exc.start + 1})") from None
+    return out
 
 
 def read_text_folder(path: Path, on_bad_input: OnBadInput = "error") -> Documents:

@@ -159,6 +159,8 @@ def adapt(path: str | Path, teacher: str | None = None, layers: int = 2, minutes
     from student_trainer.held_out import held_out_pseudo_queries, teacher_agreement
     from student_trainer.run import connect_teacher, run_distillation
     from student_trainer.teacher_index import teacher_doc_embeddings
+    from teacher_service.client import TeacherClient
+    from teacher_service.errors import UnknownTeacher
 
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -176,7 +178,12 @@ def adapt(path: str | Path, teacher: str | None = None, layers: int = 2, minutes
     timings["read_s"] = time.perf_counter() - t0
 
     init_ray(address)
-    client = connect_teacher(run.teacher)
+    try:
+        client = connect_teacher(run.teacher)
+    except UnknownTeacher:
+        served = ", ".join(t["name"] for t in TeacherClient.from_serve(run.teacher.app_name).teachers())
+        raise ConfigError(f"teacher '{run.teacher.teacher}' is not served by app '{run.teacher.app_name}' "
+                          f"(it serves: {served}); pick one with --teacher") from None
     info = client.describe()
     if info["kind"] != "dual_encoder":
         raise ConfigError(f"teacher '{info['name']}' is a {info['kind']}: adapt needs a dual-encoder teacher, whose "
