@@ -61,17 +61,6 @@ def recipe_run(dataset_dir: Path, out_dir: Path, teacher: str | None, layers: in
     return run.model_copy(update={"teacher": run.teacher.model_copy(update={"serve_config": serve_config})})
 
 
-def median_latency_ms(encode: Any, texts: list[str]) -> float:
-    """Median milliseconds to embed one text (batch 1) over ``texts``, after one warm-up call."""
-    encode(texts[:1])
-    times = []
-    for text in texts:
-        start = time.perf_counter()
-        encode([text])
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
-
-
 def latency_texts(dataset: BeirDataset, seed: int) -> list[str]:
     """Query-like texts to time models on: the corpus's queries, topped up with pseudo-queries to
     :data:`LATENCY_QUERIES` (cycled when the corpus is too small for that many)."""
@@ -87,6 +76,7 @@ def latencies(info: dict[str, Any], student_dir: Path, onnx_ok: bool, texts: lis
     student in torch and, where it was exported, the student in ONNX Runtime."""
     from common.text_encoder import TextEncoder
     from student_trainer.export import ExportedStudent, OnnxStudent
+    from student_trainer.run import median_latency_ms
 
     out = {"student": median_latency_ms(ExportedStudent(student_dir).encode_queries, texts)}
     if info["kind"] == "dual_encoder":

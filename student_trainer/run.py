@@ -464,23 +464,24 @@ def query_latencies(info: dict[str, Any], student: ExportedStudent, dataset: Bei
     teacher loaded the same way (other teacher kinds have no single-text query encoder); timed on
     evaluation queries, or on ``fallback`` texts (the training queries) in a run without them."""
     queries = [dataset.query_text[q] for q in eval_queries(run, dataset)[1][:n]] or list(fallback[:n])
-
-    def median_ms(fn) -> float:
-        fn(queries[:1])  # warm-up
-        times = []
-        for q in queries:
-            start = time.perf_counter()
-            fn([q])
-            times.append(time.perf_counter() - start)
-        return 1000 * float(np.median(times))
-
-    out = {"student": median_ms(student.encode_queries)}
+    out = {"student": median_latency_ms(student.encode_queries, queries)}
     if info["kind"] == "dual_encoder":
         from common.text_encoder import TextEncoder
 
         teacher = TextEncoder.from_pretrained(info["checkpoint"], max_length=info["max_query_length"]).eval()
-        out["teacher"] = median_ms(teacher.encode)
+        out["teacher"] = median_latency_ms(teacher.encode, queries)
     return out
+
+
+def median_latency_ms(encode: Any, texts: Sequence[str]) -> float:
+    """Median milliseconds to embed one text (batch 1) over ``texts``, after one warm-up call."""
+    encode(list(texts[:1]))
+    times = []
+    for text in texts:
+        start = time.perf_counter()
+        encode([text])
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
 
 
 def run_distillation(run: RunConfig, address: str | None = None, show_progress: bool = True,
