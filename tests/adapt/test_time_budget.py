@@ -64,6 +64,7 @@ def test_ddp_workers_stop_together_at_the_budget_and_a_resume_spends_what_is_lef
     assert 4 < state["global_step"] < 100000
     assert budget_s <= state["train_elapsed_s"] < budget_s + 3.0, state["train_elapsed_s"]
     new = [h for h in history if h["step"] > 4 and "lr" in h]
+    assert new[0]["train_elapsed_s"] > first["train_elapsed_s"]  # the clock went on from the checkpoint's time
     assert new[-1]["lr"] == pytest.approx(0.0, abs=1e-12) and new[-1]["step"] == state["global_step"]
     rates = [h["lr"] for h in new if h["train_elapsed_s"] / budget_s > resumed.train.warmup_ratio]
     assert rates == sorted(rates, reverse=True) and rates[0] > 0  # decaying over the budget, not already at 0
