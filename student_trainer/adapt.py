@@ -73,18 +73,36 @@ def latency_texts(dataset: BeirDataset, seed: int) -> list[str]:
 
 def latencies(info: dict[str, Any], student_dir: Path, onnx_ok: bool, texts: list[str]) -> dict[str, float]:
     """Batch-1 query latency (median ms, in this process) of the teacher's query encoder, the
-    student in torch and, where it was exported, the student in ONNX Runtime."""
+    student in torch and, where it was exported, the student in ONNX Runtime. The models take
+    turns on each text, so a burst of load from another process slows all of them alike instead
+    of whichever happened to be timed then (one run measured the teacher 30x slower that way)."""
+    import torch
+
     from common.text_encoder import TextEncoder
     from student_trainer.export import ExportedStudent, OnnxStudent
-    from student_trainer.run import median_latency_ms
 
-    out = {"student": median_latency_ms(ExportedStudent(student_dir).encode_queries, texts)}
+    encoders = {"student": ExportedStudent(student_dir).encode_queries}
     if info["kind"] == "dual_encoder":
-        teacher = TextEncoder.from_pretrained(info["checkpoint"], max_length=info["max_query_length"]).eval()
-        out["teacher"] = median_latency_ms(teacher.encode, texts)
+        encoders["teacher"] = TextEncoder.from_pretrained(info["checkpoint"], max_length=info["max_query_length"]).eval().encode
     if onnx_ok:
-        out["student_onnx"] = median_latency_ms(OnnxStudent(student_dir).encode_queries, texts)
-    return out
+        encoders["student_onnx"] = OnnxStudent(student_dir, threads=1).encode_queries
+    times: dict[str, list[float]] = {name: [] for name in encoders}
+    # One intra-op thread for every model: on a shared 2-core machine two threads per batch-1
+    # forward measured 4-190 ms for the same student, one thread stays put (and a server runs one
+    # query encoder per core anyway).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for encode in encoders.values():
+            encode(texts[:1])  # warm-up
+        for text in texts:
+            for name, encode in encoders.items():
+                start = time.perf_counter()
+                encode([text])
+                times[name].append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return {name: 1000 * float(np.median(t)) for name, t in times.items()}
 
 
 def headline(report: dict[str, Any]) -> list[str]:
@@ -103,7 +121,7 @@ def headline(report: dict[str, Any]) -> list[str]:
             if "student_onnx" in lat else ""
         lines.append(f"queries {lat['teacher'] / lat['student']:.1f} times faster: {lat['student']:.1f} ms against the "
                      f"teacher's {lat['teacher']:.1f} ms (batch-1 latency, median of {report['latency_queries']} queries, "
-                     f"student vs teacher, both in torch on this machine){onnx}.")
+                     f"student vs teacher, both in torch, one thread, on this machine){onnx}.")
     lines.append(f"the model is at {report['model_dir']} (sentence-transformers directory"
                  + (", ONNX query encoder model.onnx" if report["onnx"].get("exported") else "") + ").")
     return lines
