@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned, so pip takes the local CPU wheel instead of a CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[all,test]"
+	$(PY) -m pip install -q -e ".[all,onnx,test]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -1,4 +1,5 @@
-"""``tightdistill train | eval | index``: distil a student, evaluate any encoder, build a teacher index."""
+"""``tightdistill train | eval | index | adapt``: distil a student, evaluate any encoder, build a teacher index,
+adapt a student to a user's documents."""
 
 from __future__ import annotations
 
@@ -61,6 +62,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--serve-config", type=Path, default=Path("deploy/teachers.yaml"))
     i.add_argument("--address", default=None)
     i.set_defaults(handler=index_command)
+
+    a = sub.add_parser(
+        "adapt", help="a fast query encoder for your own documents, in one command (no queries or labels needed)",
+        description="Read PATH (a BEIR folder, a corpus.jsonl, a parquet or CSV file with id and text columns, or a "
+        "folder of .txt/.md files, one document each), encode it with the served teacher (chunked, resumable, "
+        "cached), train the label-free default recipe (deploy/label-free.yaml) on pseudo-queries, export the student "
+        "(sentence-transformers directory and ONNX) and write OUT/report.md and report.json: how much of the teacher "
+        "the student keeps on held-out pseudo-queries (and on the corpus's test queries if it has them), how much "
+        "faster it is, and where the model is.",
+    )
+    a.add_argument("path", type=Path, help="the documents: BEIR folder, .jsonl, .parquet, .csv or folder of .txt/.md")
+    a.add_argument("--teacher", default=None, help="teacher name in the service (default: the recipe's, minilm)")
+    a.add_argument("--layers", type=int, default=2, help="transformer layers of the student (default: %(default)s)")
+    a.add_argument("--minutes", type=float, default=None,
+                   help="training time budget in minutes (training only; the recipe's 1,000 steps still cap it)")
+    a.add_argument("--out", type=Path, default=None, help="output folder (default: runs/adapt-<corpus name>)")
+    a.add_argument("--on-bad-input", choices=("error", "skip"), default="error",
+                   help="a malformed line or an empty document: stop with an error naming file:line (default), or "
+                   "skip it and count it in the report")
+    a.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)  # quick runs and tests
+    a.add_argument("--address", default=None, help="Ray cluster to join ('auto' or host:port); default: embedded local Ray")
+    a.add_argument("--no-progress", action="store_true", help="no progress bars")
+    a.set_defaults(handler=adapt_command)
 
     r = sub.add_parser("report", help="(re)write a run's report.md and plots",
                        description="Write report.md and PNG plots (loss curves, teacher vs student metrics, "
@@ -195,6 +219,21 @@ def index_command(args: argparse.Namespace) -> int:
     client = connect_teacher(TeacherRef(teacher=args.teacher, serve_config=args.serve_config))
     index = teacher_doc_embeddings(client, dataset)
     print(f"{len(index.ids)} documents of {dataset.name}, dim {index.emb.shape[1]}: {index.path}")
+    return 0
+
+
+def adapt_command(args: argparse.Namespace) -> int:
+    from student_trainer.adapt import adapt
+
+    if args.layers < 1:
+        raise ConfigError(f"--layers must be at least 1, got {args.layers}")
+    if args.minutes is not None and not args.minutes > 0:
+        raise ConfigError(f"--minutes must be positive, got {args.minutes}")
+    result = adapt(args.path, teacher=args.teacher, layers=args.layers, minutes=args.minutes, out=args.out,
+                   on_bad_input=args.on_bad_input, address=args.address, show_progress=not args.no_progress,
+                   max_steps=args.max_steps)
+    print(result.markdown)
+    print(f"wrote {result.out_dir / 'report.md'} and report.json")
     return 0
 
 

@@ -114,8 +114,10 @@ class DataConfig(StrictModel):
     query_log: str | None = Field(None, description=(
         "Label-free runs: a split whose query texts (a query log, its qrels ignored) join the corpus pseudo-queries; "
         "the teacher labels them like the rest."))
-    eval_split: str = Field("test", description="Qrels split to evaluate on; 'dev': the dev_queries held out of "
-                            "train_split (for choosing a recipe without looking at test).")
+    eval_split: str | None = Field("test", description="Qrels split to evaluate on; 'dev': the dev_queries held out of "
+                                   "train_split (for choosing a recipe without looking at test); None: a corpus "
+                                   "without judged queries, the run trains and exports but measures no retrieval "
+                                   "metrics (`tightdistill adapt` measures the student on held-out pseudo-queries).")
     dev_queries: int = Field(0, ge=0, description="Training queries held out (seeded) as a dev split for model selection.")
     num_negatives: int = Field(1, ge=0, description="Hard negatives per query in each batch.")
     negatives: Literal["mined", "bm25", "random"] = Field("mined", description=(
@@ -184,6 +186,11 @@ class TrainConfig(StrictModel):
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0, description="Worker failures Ray Train recovers from (resuming from the last checkpoint).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many steps (quick runs and tests).")
+    max_minutes: float | None = Field(None, gt=0, description=(
+        "Training time budget in minutes (the training loop's wall time, carried across resumes; not the teacher's "
+        "corpus encoding or the evaluation): training stops at the first step that ends past it, and the linear "
+        "warm-up and decay run over the budget (over whichever of steps and time is further along), so the "
+        "learning rate reaches 0 as the budget is spent. max_steps and epochs still cap. None: no time budget."))
 
 
 class EvalConfig(StrictModel):

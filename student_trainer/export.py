@@ -4,11 +4,14 @@ Layout (the classic one ``SentenceTransformer(path)`` loads): the HF encoder and
 root, ``1_Pooling/``, ``2_Normalize/`` when the encoder normalises, ``3_Dense/`` for the learned
 projection (identity activation). ``tightdistill_student.json`` records what sentence-transformers
 does not: whether the student is asymmetric and which teacher's document index it queries.
+With the ``onnx`` extra, :func:`export_onnx` adds ``model.onnx``: the query encoder (token ids and
+attention mask in, the projected, pooled, normalised query embedding out), checked against torch.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +99,83 @@ class ExportedStudent:
         max_length = self.metadata.get("student", {}).get("max_document_length")
         emb = self.encoder.encode(texts, max_length=max_length, show_progress=show_progress, desc="student: encoding corpus")
         return self.projection(torch.from_numpy(emb)).numpy()
+
+
+ONNX_FILE = "model.onnx"
+# The exported graph must give the torch student's embeddings: below this cosine on any check text the export fails.
+ONNX_MIN_COSINE = 0.9999
+
+
+class OnnxUnavailable(RuntimeError):
+    """The ONNX packages are not installed (``pip install 'tightdistill[onnx]'``) or the export failed."""
+
+
+class QueryEncoderGraph(nn.Module):
+    """What an exported student computes for a query, as one module of token tensors: the encoder,
+    its pooling and normalisation (``TextEncoder.forward``) and the projection into the teacher's space."""
+
+    def __init__(self, student: ExportedStudent) -> None:
+        super().__init__()
+        self.encoder = student.encoder
+        self.projection = student.projection
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.projection(self.encoder(input_ids, attention_mask))
+
+
+def export_onnx(student_dir: str | Path, check_texts: list[str], path: str | Path | None = None) -> dict[str, Any]:
+    """Export the student's query encoder (token ids -> projected embedding) to ``model.onnx`` in
+    ``student_dir`` and check it against torch on ``check_texts``: every text's cosine must be at
+    least :data:`ONNX_MIN_COSINE`, else :class:`OnnxUnavailable`. Returns the path and the check."""
+    try:
+        import onnxruntime  # noqa: F401 - checked before the (slow) export
+    except ImportError as exc:
+        raise OnnxUnavailable(f"ONNX export needs the onnx extra ({exc.name} is missing): pip install 'tightdistill[onnx]'") from None
+    student = ExportedStudent(student_dir)
+    graph = QueryEncoderGraph(student).eval()
+    path = Path(path) if path is not None else student.path / ONNX_FILE
+    enc = student.encoder
+    max_length = int(json.loads((student.path / "sentence_bert_config.json").read_text())["max_seq_length"])
+    example = enc.collate(enc.tokenize(check_texts[:2], max_length))
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's notes on axis names and opsets are not the user's business
+            torch.onnx.export(graph, (example["input_ids"], example["attention_mask"]), str(path),
+                              input_names=["input_ids", "attention_mask"], output_names=["query_embedding"],
+                              dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
+                              dynamo=True, external_data=False, verbose=False)
+    except Exception as exc:  # noqa: BLE001 - the exporter fails in many ways; the report says which
+        raise OnnxUnavailable(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}") from exc
+    onnx_student = OnnxStudent(student.path, path)
+    with torch.inference_mode():
+        ours = np.concatenate([graph(**enc.collate(enc.tokenize([t], max_length))).numpy() for t in check_texts])
+    theirs = np.concatenate([onnx_student.encode_queries([t]) for t in check_texts])
+    cos = (ours * theirs).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1)).clip(1e-12)
+    check = {"path": str(path), "texts": len(check_texts), "min_cosine": float(cos.min()), "max_abs_diff": float(np.abs(ours - theirs).max())}
+    if check["min_cosine"] < ONNX_MIN_COSINE:
+        path.unlink(missing_ok=True)  # an export that does not match is no export
+        raise OnnxUnavailable(f"the ONNX graph does not reproduce the torch student (min cosine {check['min_cosine']:.6f} "
+                              f"< {ONNX_MIN_COSINE}); not exported")
+    return check
+
+
+class OnnxStudent:
+    """An exported student's query encoder run by ONNX Runtime (tokenizer from the student directory)."""
+
+    def __init__(self, student_dir: str | Path, onnx_path: str | Path | None = None, threads: int | None = None) -> None:
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        self.path = Path(student_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.max_length = int(json.loads((self.path / "sentence_bert_config.json").read_text())["max_seq_length"])
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(onnx_path or self.path / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+
+    def encode_queries(self, texts: list[str]) -> np.ndarray:
+        batch = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=True, return_tensors="np")
+        feed = {"input_ids": batch["input_ids"].astype(np.int64), "attention_mask": batch["attention_mask"].astype(np.int64)}
+        return self.session.run(["query_embedding"], feed)[0]

@@ -178,16 +178,19 @@ def write_report(run_dir: str | Path) -> Path:
     cosines = _load(run_dir, "query_cosine.json", [])
     plots = {
         "Training losses": plot_losses(history, run_dir / "loss_curves.png"),
-        "Teacher vs student": plot_metrics(metrics["metrics"], run_dir / "metrics.png"),
+        "Teacher vs student": plot_metrics(metrics["metrics"], run_dir / "metrics.png") if metrics["metrics"] else None,
         "Query-embedding agreement": plot_cosines(cosines, run_dir / "query_cosine.png"),
         "Agreement during training": plot_agreement(history, run_dir / "agreement_curves.png"),
         "Per-teacher KL (ensemble)": plot_teacher_kls(history, run_dir / "teacher_kl.png"),
     }
     reports = {name: MetricReport(aggregate=agg, per_query={}) for name, agg in metrics["metrics"].items()}
-    lines = [f"# Run `{metrics['run']}`", "",
-             f"Teacher `{metrics['teacher']['name']}` ({metrics['teacher']['kind']}, {metrics['teacher']['checkpoint']}); "
-             f"{metrics['dataset']} {metrics['split']}, {metrics['num_eval_queries']} queries, {_evaluated_how(metrics)}.",
-             "", format_table(reports), ""]
+    teacher = f"Teacher `{metrics['teacher']['name']}` ({metrics['teacher']['kind']}, {metrics['teacher']['checkpoint']}); "
+    if reports:
+        lines = [f"# Run `{metrics['run']}`", "",
+                 teacher + f"{metrics['dataset']} {metrics['split']}, {metrics['num_eval_queries']} queries, {_evaluated_how(metrics)}.",
+                 "", format_table(reports), ""]
+    else:  # a run without an eval split (a corpus with no judged queries)
+        lines = [f"# Run `{metrics['run']}`", "", teacher + f"{metrics['dataset']}: no evaluation split, no retrieval metrics.", ""]
     if "retained" in metrics:
         r = metrics["retained"]
         pct = lambda v: "n/a" if v is None else f"{v:.1%}"  # noqa: E731 - a teacher scoring 0 has no ratio

@@ -17,6 +17,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ from student_trainer.config import RunConfig, TeacherRef, load_run_config
 from student_trainer.examples import build_examples, label_free_examples, split_queries
 from student_trainer.export import ExportedStudent, export_sentence_transformers
 from student_trainer.extra_queries import build_extra_queries, corpus_pseudo_queries
+from student_trainer.held_out import without_held_out
 from student_trainer.negative_refresh import TrainingQueries
 from student_trainer.progress import ProgressBar
 from student_trainer.projection_fit import fit_projection, needs_fit
@@ -182,9 +184,12 @@ def fitted_projection(run: RunConfig, info: dict[str, Any], client: TeacherClien
     return fitted
 
 
-def eval_queries(run: RunConfig, dataset: BeirDataset) -> tuple[str, list[str]]:
+def eval_queries(run: RunConfig, dataset: BeirDataset) -> tuple[str | None, list[str]]:
     """``(qrels split, query ids)`` the run is evaluated on: the eval split's queries, or with
-    ``eval_split: dev`` the training queries held out as the dev split (judged by train qrels)."""
+    ``eval_split: dev`` the training queries held out as the dev split (judged by train qrels);
+    ``(None, [])`` for a run without an eval split (a corpus with no judged queries)."""
+    if run.data.eval_split is None:
+        return None, []
     if run.data.eval_split == "dev":
         return run.data.train_split, split_queries(dataset, run.data, run.train.seed).dev  # type: ignore[return-value]
     return run.data.eval_split, eval_query_ids(dataset, run.data.eval_split, run.data.max_eval_queries)
@@ -261,9 +266,10 @@ def first_stage_rankings(run: RunConfig, dataset: BeirDataset, query_ids: list[s
 
 
 def prepare_examples(run: RunConfig, dataset: BeirDataset, client: TeacherClient,
-                     doc_index: DocEmbeddings | None) -> tuple[Path, int]:
+                     doc_index: DocEmbeddings | None, held_out: Sequence[str] = ()) -> tuple[Path, int]:
     """Training examples as parquet: labelled queries with mined negatives, or, with no
-    ``data.train_split``, pseudo-queries from the corpus labelled by the teacher's ranking."""
+    ``data.train_split``, pseudo-queries from the corpus labelled by the teacher's ranking, less
+    any that repeat ``held_out`` texts (pseudo-queries kept back to measure the student on)."""
     split = split_queries(dataset, run.data, run.train.seed)
     if run.data.train_split is None:
         queries = corpus_pseudo_queries(dataset, run.data.pseudo_queries, run.train.seed,
@@ -271,6 +277,8 @@ def prepare_examples(run: RunConfig, dataset: BeirDataset, client: TeacherClient
         if run.data.query_log is not None:  # real queries without their labels: the teacher labels them too
             logged = [dataset.query_text[q] for q in dataset.split_query_ids(run.data.query_log)]
             queries = list(dict.fromkeys(logged + queries))
+        if held_out:
+            queries = without_held_out(queries, held_out)
         q_emb = client.encode_many(queries, role="query", progress="teacher: embedding pseudo-queries")
         table = label_free_examples(dataset, queries, run.data, doc_index, q_emb, run.train.seed)
     else:
@@ -451,31 +459,35 @@ def cosines(a: np.ndarray, b: np.ndarray) -> list[float]:
 
 
 def query_latencies(info: dict[str, Any], student: ExportedStudent, dataset: BeirDataset, run: RunConfig,
-                    n: int = 30) -> dict[str, float]:
+                    n: int = 30, fallback: Sequence[str] = ()) -> dict[str, float]:
     """Median milliseconds to embed one query, in this process: the student, and a dual-encoder
-    teacher loaded the same way (other teacher kinds have no single-text query encoder)."""
-    queries = [dataset.query_text[q] for q in eval_queries(run, dataset)[1][:n]]
-
-    def median_ms(fn) -> float:
-        fn(queries[:1])  # warm-up
-        times = []
-        for q in queries:
-            start = time.perf_counter()
-            fn([q])
-            times.append(time.perf_counter() - start)
-        return 1000 * float(np.median(times))
-
-    out = {"student": median_ms(student.encode_queries)}
+    teacher loaded the same way (other teacher kinds have no single-text query encoder); timed on
+    evaluation queries, or on ``fallback`` texts (the training queries) in a run without them."""
+    queries = [dataset.query_text[q] for q in eval_queries(run, dataset)[1][:n]] or list(fallback[:n])
+    out = {"student": median_latency_ms(student.encode_queries, queries)}
     if info["kind"] == "dual_encoder":
         from common.text_encoder import TextEncoder
 
         teacher = TextEncoder.from_pretrained(info["checkpoint"], max_length=info["max_query_length"]).eval()
-        out["teacher"] = median_ms(teacher.encode)
+        out["teacher"] = median_latency_ms(teacher.encode, queries)
     return out
 
 
-def run_distillation(run: RunConfig, address: str | None = None, show_progress: bool = True) -> RunResult:
-    """Run ``run`` on the connected (or an embedded local) Ray cluster and write its folder."""
+def median_latency_ms(encode: Any, texts: Sequence[str]) -> float:
+    """Median milliseconds to embed one text (batch 1) over ``texts``, after one warm-up call."""
+    encode(list(texts[:1]))
+    times = []
+    for text in texts:
+        start = time.perf_counter()
+        encode([text])
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def run_distillation(run: RunConfig, address: str | None = None, show_progress: bool = True,
+                     held_out: Sequence[str] = ()) -> RunResult:
+    """Run ``run`` on the connected (or an embedded local) Ray cluster and write its folder;
+    a label-free run trains on none of the ``held_out`` texts (see :func:`prepare_examples`)."""
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     run.run_dir.mkdir(parents=True, exist_ok=True)
@@ -496,7 +508,7 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
         timings["teacher_index_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    examples, num_examples = prepare_examples(run, dataset, client, doc_index)
+    examples, num_examples = prepare_examples(run, dataset, client, doc_index, held_out)
     train_queries = training_queries(examples)
     extra = (build_extra_queries(run.data.extra_queries, dataset, train_queries, run.data.extra_query_pool,
                                  run.data.generated_per_query, run.train.seed, run.data.generator, run.data.generator_noise,
@@ -535,7 +547,10 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
 
     t = time.perf_counter()
     exported = ExportedStudent(student_dir)
-    evaluation = evaluate_run_models(run, dataset, client, info, doc_index, student, exported, show_progress)
+    if run.data.eval_split is None:  # no judged queries: nothing to score here (adapt measures held-out pseudo-queries)
+        evaluation = RunEvaluation({}, {}, None, {"mode": None, "split": None, "queries": 0})
+    else:
+        evaluation = evaluate_run_models(run, dataset, client, info, doc_index, student, exported, show_progress)
     reports, query_emb = evaluation.reports, evaluation.query_embeddings
     agreement = None
     if "teacher" in query_emb:
@@ -553,7 +568,7 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
     if agreement is not None:
         metrics["agreement"] = agreement.aggregate
         (run.run_dir / "agreement.json").write_text(json.dumps(_finite(agreement.per_query)))
-    metrics["query_latency_ms"] = query_latencies(info, exported, dataset, run)
+    metrics["query_latency_ms"] = query_latencies(info, exported, dataset, run, fallback=train_queries)
     metrics["extra_queries"] = {"source": run.data.extra_queries, "pool": len(extra)}
     metrics["query_length"] = query_length.as_dict()
     if projection:

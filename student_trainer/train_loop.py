@@ -37,6 +37,7 @@ from student_trainer.projection_fit import apply_projection
 from student_trainer.students import DualEncoderStudent
 from student_trainer.teacher_index import DocEmbeddings
 from student_trainer.teacher_signals import Pending, TeacherMember, TeacherSignals, TeacherSignalSource, TrainBatch, as_tensor
+from student_trainer.time_budget import TrainingClock, budget_schedule
 from teacher_service.client import TeacherClient
 
 CHECKPOINT_FILES = ("student.pt", "optimizer.pt", "scheduler.pt", "state.json")
@@ -75,7 +76,9 @@ def build_student(run: RunConfig, teacher_info: dict[str, Any]) -> DualEncoderSt
     return DualEncoderStudent(run.student, teacher_dim=teacher_info["dim"], joint_dim=joint_dim)
 
 
-def build_optimizer(student: DualEncoderStudent, run: RunConfig, total_steps: int):
+def build_optimizer(student: DualEncoderStudent, run: RunConfig, total_steps: int, clock: TrainingClock | None = None):
+    """AdamW and its linear warm-up/decay schedule over ``total_steps``; with a clock that has a
+    budget (``train.max_minutes``), over the budget too (:func:`student_trainer.time_budget.budget_schedule`)."""
     cfg = run.train
     groups = [
         {"params": [p for p in student.query_encoder.parameters() if p.requires_grad], "lr": cfg.lr},
@@ -88,6 +91,8 @@ def build_optimizer(student: DualEncoderStudent, run: RunConfig, total_steps: in
     warmup = max(1, int(cfg.warmup_ratio * total_steps))
 
     def schedule(step: int) -> float:  # linear warm-up, then linear decay to 0
+        if clock is not None and clock.budget_s is not None:
+            return budget_schedule(step, total_steps, cfg.warmup_ratio, clock)
         if step < warmup:
             return (step + 1) / warmup
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
@@ -153,7 +158,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     student.train()
     model = ray.train.torch.prepare_model(student)  # DDP wrapper; `student` stays the plain module
     total_steps = loop_config["total_steps"]
-    optimizer, scheduler = build_optimizer(student, run, total_steps)
+    clock = TrainingClock(cfg.max_minutes * 60 if cfg.max_minutes else None, ray.train.torch.get_device())
+    optimizer, scheduler = build_optimizer(student, run, total_steps, clock)
     loss_fn = build_loss(cfg.losses)
     autocast = training_autocast(cfg.precision, ray.train.torch.get_device())
 
@@ -211,6 +217,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     if monitor is not None and step == 0:  # the starting point of the agreement curves
         history.append({"step": 0, "epoch": 0, **monitor.measure(student)})
     latest_agreement: dict[str, float] = {}
+    clock.start(state.get("train_elapsed_s", 0.0))  # a resumed run spends only what is left of its budget
     for epoch in range(state["epoch"], cfg.epochs):
         skip = state["step_in_epoch"] if epoch == state["epoch"] else 0
         for i, pending in enumerate(with_prefetch(batches(epoch, skip, total_steps - step), source, cfg.prefetch), start=skip):
@@ -239,6 +246,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.max_grad_norm)
             optimizer.step()
+            clock.sync()  # before the scheduler: the next rate follows the time spent (rank 0's, on every worker)
             scheduler.step()
             step += 1
             for name, value in {"loss": loss.item(), **loss_fn.last_terms, "teacher_wait_s": t_teacher,
@@ -249,13 +257,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                     window.setdefault(name, []).append(value)
             if monitor is not None and monitor.due(step):
                 latest_agreement = monitor.measure(student)
-            state = {"global_step": step, "epoch": epoch, "step_in_epoch": i + 1, "history": history}
+            state = {"global_step": step, "epoch": epoch, "step_in_epoch": i + 1, "history": history,
+                     "train_elapsed_s": clock.elapsed_s}
             if board is not None and rank == 0:
                 board.post.remote(step, {"loss": loss.item()})
-            final = step >= total_steps
+            final = step >= total_steps or clock.spent  # the same on every worker: the clock is rank 0's
             if step % cfg.report_every == 0 or step % cfg.checkpoint_every == 0 or final:
                 metrics = {name: float(np.mean(v)) for name, v in window.items()}
-                metrics.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0], teacher_requests=source.requests_sent)
+                metrics.update(step=step, epoch=epoch, lr=scheduler.get_last_lr()[0], teacher_requests=source.requests_sent,
+                               train_elapsed_s=clock.elapsed_s)
                 if source.is_ensemble:
                     metrics.update({f"teacher_requests/{n}": c for n, c in source.requests_by_teacher.items()})
                 metrics.update(latest_agreement)
@@ -267,7 +277,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
             if latest_agreement:  # measured at a step without a report: an entry of its own, at its step
                 history.append({"step": step, "epoch": epoch, **latest_agreement})
                 latest_agreement = {}
-        if step >= total_steps:
+            if clock.spent:
+                break
+        if step >= total_steps or clock.spent:
             break
         state["step_in_epoch"] = 0
     return {"global_step": step, "history": history, "teacher_requests": source.requests_sent}
