@@ -240,6 +240,11 @@ def check_teacher_fits(run: RunConfig, info: dict[str, Any]) -> None:
 
 def check_losses_fit(run: RunConfig, info: dict[str, Any]) -> None:
     """Refuse, before any work, a loss the teacher or the student cannot feed."""
+    if "candidate_kl" in run.train.losses and not (run.student.asymmetric and has_document_index(info)):
+        raise ConfigError("train.losses.candidate_kl ranks the teacher's own top documents with the student's query "
+                          "embedding: it needs an asymmetric student (student.asymmetric: true) and a dual-encoder "
+                          f"teacher with a document index; the run has a {'asymmetric' if run.student.asymmetric else 'symmetric'} "
+                          f"student and teacher '{info['name']}' ({info['kind']})")
     if "joint_embedding" not in run.train.losses:
         return
     if "joint_embeddings" not in info["signals"]:

@@ -43,6 +43,12 @@ class DocEmbeddings:
     def lookup(self, ids: list[str]) -> np.ndarray:
         return self.emb[[self._row[d] for d in ids]]
 
+    def top_k_embeddings(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """``[nq, k, dim]``: the embeddings of each query's ``k`` best documents in this index
+        (exact inner-product search): the candidates ``CandidateKLLoss`` ranks."""
+        _, ranked = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return self.emb[[[self._row[d] for d in row] for row in ranked]]
+
     @cached_property
     def index(self) -> DenseIndex:
         return DenseIndex.from_embeddings(self.ids, self.emb)

@@ -161,6 +161,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     clock = TrainingClock(cfg.max_minutes * 60 if cfg.max_minutes else None, ray.train.torch.get_device())
     optimizer, scheduler = build_optimizer(student, run, total_steps, clock)
     loss_fn = build_loss(cfg.losses)
+    candidate_k = loss_fn.losses["candidate_kl"].top_k if "candidate_kl" in loss_fn.losses else None
     autocast = training_autocast(cfg.precision, ray.train.torch.get_device())
 
     state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "history": []}
@@ -175,7 +176,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
 
     client = TeacherClient.from_url(run.teacher.url) if run.teacher.url else TeacherClient.from_serve(run.teacher.app_name)
     source = TeacherSignalSource(client, run.teacher.teacher, teacher_info, doc_index,
-                                 want_query_embeddings="query_embedding" in cfg.losses, timeout_s=run.teacher.timeout_s,
+                                 want_query_embeddings=bool({"query_embedding", "candidate_kl"} & set(cfg.losses)),
+                                 timeout_s=run.teacher.timeout_s,
                                  want_joint_embeddings="joint_embedding" in cfg.losses,
                                  want_document_embeddings="document_embedding" in cfg.losses,
                                  ensemble=ensemble_members(run, teacher_info, loop_config.get("ensemble")))
@@ -230,6 +232,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 out = model(tb.all_queries, len(tb.queries), documents=tb.documents,
                             document_embeddings=doc_emb_t if student.asymmetric else None)
             q_t = signals.query_embeddings
+            # The teacher's own top documents for each scored query: found on the worker in the
+            # index it already holds, so the listwise signal costs no teacher call.
+            candidates = (as_tensor(doc_index.top_k_embeddings(q_t[: len(tb.queries)], candidate_k))
+                          if candidate_k is not None else None)
             batch = DistillBatch(  # losses in float32 whatever precision the forward pass ran in
                 student_scores=out.scores.float(), labels=labels,
                 teacher_scores=as_tensor(signals.scores),
@@ -239,7 +245,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 teacher_doc_emb=doc_emb_t if out.document_embeddings is not None else None,
                 student_joint_emb=_f32(out.joint_embeddings),
                 teacher_joint_emb=as_tensor(signals.joint_embeddings) if signals.joint_embeddings is not None else None,
-                num_negatives=k, score_scale=student.score_scale,
+                candidate_doc_emb=candidates, num_negatives=k, score_scale=student.score_scale,
             )
             loss = loss_fn(batch)
             optimizer.zero_grad(set_to_none=True)

@@ -19,6 +19,7 @@ The maths of each loss is a plain tensor function (``in_batch_kl``, ``margin_mse
 """
 
 from student_trainer.losses.batch import SCOPES, DistillBatch, Scope
+from student_trainer.losses.candidate_kl import CandidateKLLoss, candidate_kl
 from student_trainer.losses.combined import LOSSES, CombinedLoss, build_loss
 from student_trainer.losses.embedding_matching import (
     DocumentEmbeddingMatchingLoss,
@@ -34,6 +35,7 @@ from student_trainer.losses.score_regression import ScoreBCELoss, ScoreMSELoss, 
 __all__ = [
     "LOSSES",
     "SCOPES",
+    "CandidateKLLoss",
     "CombinedLoss",
     "DistillBatch",
     "DocumentEmbeddingMatchingLoss",
@@ -46,6 +48,7 @@ __all__ = [
     "ScoreBCELoss",
     "ScoreMSELoss",
     "build_loss",
+    "candidate_kl",
     "embedding_distance",
     "in_batch_kl",
     "kl_teacher_student",

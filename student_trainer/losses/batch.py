@@ -34,6 +34,8 @@ FIELD_SOURCES: dict[str, str] = {
                           "(StudentOutput.joint_embeddings); symmetric students with a joint head only"),
     "teacher_joint_emb": ("a [CLS]-pooled cross-encoder's joint [CLS] embedding of each query with its positive "
                           "(TeacherClient.signals(..., embeddings=True)['joint_embeddings'])"),
+    "candidate_doc_emb": ("the teacher's embeddings of each scored query's top-K documents in its own index "
+                          "(DocEmbeddings.top_k_embeddings of the teacher's query embeddings)"),
 }
 
 
@@ -59,6 +61,8 @@ class DistillBatch:
         student_joint_emb: ``[B, d_j]`` the student's joint embedding of each query with its
             positive (a learned map of the pair's two embeddings), or None.
         teacher_joint_emb: ``[B, d_j]`` a cross-encoder's joint [CLS] embedding of the same pairs, or None.
+        candidate_doc_emb: ``[B, K, d_t]`` the teacher's embeddings of each scored query's top-``K``
+            documents in its own index (the candidates of ``CandidateKLLoss``), or None.
         num_negatives: negatives per query in the layout (``>= 0``).
         score_scale: the factor ``student_scores`` carry (``StudentConfig.score_scale``, > 0).
             Losses that match scores in the teacher's own units (Margin-MSE, score MSE) divide it
@@ -81,6 +85,7 @@ class DistillBatch:
     teacher_doc_emb: Tensor | None = None
     student_joint_emb: Tensor | None = None
     teacher_joint_emb: Tensor | None = None
+    candidate_doc_emb: Tensor | None = None
     num_negatives: int = 1
     score_scale: float = 1.0
 
@@ -123,6 +128,10 @@ class DistillBatch:
         self._check_embeddings("student_query_emb", "teacher_query_emb", rows=None, min_rows=B)
         self._check_embeddings("student_doc_emb", "teacher_doc_emb", rows=N, min_rows=None)
         self._check_embeddings("student_joint_emb", "teacher_joint_emb", rows=B, min_rows=None, per="scored query")
+        c = self.candidate_doc_emb
+        if c is not None and (c.dim() != 3 or c.shape[0] != B or not c.is_floating_point()):
+            raise ValueError(f"DistillBatch.candidate_doc_emb must be a float tensor [B={B}, K, d], got "
+                             f"{c.dtype} of shape {tuple(c.shape)}")
 
     def _move_targets_to_student_device(self) -> None:
         # Teacher signals arrive as CPU tensors (from the service's numpy arrays) while the student may

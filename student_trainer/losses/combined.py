@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from student_trainer.losses.batch import DistillBatch
+from student_trainer.losses.candidate_kl import CandidateKLLoss
 from student_trainer.losses.embedding_matching import (
     DocumentEmbeddingMatchingLoss,
     JointEmbeddingMatchingLoss,
@@ -31,6 +32,7 @@ LOSSES: dict[str, type[nn.Module]] = {
     "query_embedding": QueryEmbeddingMatchingLoss,
     "document_embedding": DocumentEmbeddingMatchingLoss,
     "joint_embedding": JointEmbeddingMatchingLoss,
+    "candidate_kl": CandidateKLLoss,
 }
 
 
@@ -114,7 +116,7 @@ def build_loss(config: Mapping[str, Mapping[str, Any]]) -> CombinedLoss:
     """A ``CombinedLoss`` from ``{loss_name: {"weight": float, **kwargs}}``.
 
     Names are the keys of ``LOSSES`` ("onehot", "in_batch_kl", "margin_mse", "score_mse",
-    "score_bce", "query_embedding", "document_embedding", "joint_embedding"); ``weight`` defaults to 1.0; the other
+    "score_bce", "query_embedding", "document_embedding", "joint_embedding", "candidate_kl"); ``weight`` defaults to 1.0; the other
     keys go to the loss's constructor. Unknown names or keyword arguments raise ValueError listing
     the allowed ones.
 

@@ -64,6 +64,7 @@ def make_batch(seed: int = 0, b: int = B, k: int = K, bq: int | None = None, **o
         "teacher_doc_emb": torch.randn(n, DIM, generator=gen),
         "student_joint_emb": torch.randn(b, DIM + 1, generator=gen),
         "teacher_joint_emb": torch.randn(b, DIM + 1, generator=gen),
+        "candidate_doc_emb": torch.randn(b, 6, DIM, generator=gen),
         "labels": DistillBatch.layout_labels(b, k),
         "num_negatives": k,
     }
@@ -351,7 +352,7 @@ def test_in_batch_scope_uses_other_queries_documents(loss):
 def test_gradients_reach_student_tensors_only(name):
     batch = make_batch(seed=27)
     student_fields = ["student_scores", "student_query_emb", "student_doc_emb", "student_joint_emb"]
-    teacher_fields = ["teacher_scores", "teacher_query_emb", "teacher_doc_emb", "teacher_joint_emb"]
+    teacher_fields = ["teacher_scores", "teacher_query_emb", "teacher_doc_emb", "teacher_joint_emb", "candidate_doc_emb"]
     for field in student_fields + teacher_fields:
         getattr(batch, field).requires_grad_(True)
     loss = LOSSES[name]()(batch)
@@ -408,7 +409,7 @@ def test_bad_hyper_parameters_are_rejected(make, match):
 
 
 def test_build_loss_names_what_is_allowed():
-    with pytest.raises(ValueError, match=r"unknown loss 'kl'; choose from \['document_embedding', .*'score_mse'\]"):
+    with pytest.raises(ValueError, match=r"unknown loss 'kl'; choose from \['candidate_kl', 'document_embedding', .*'score_mse'\]"):
         build_loss({"kl": {"weight": 1.0}})
     with pytest.raises(ValueError, match=r"unknown setting\(s\) \['temperature'\]; allowed: \['weight', 'tau', "
                                          r"'gamma', 'scope'\]"):
