@@ -134,6 +134,18 @@ def set_aside_stale(run: RunConfig) -> Path | None:
     return aside
 
 
+def config_digest(run: RunConfig) -> str:
+    """What a table cell was trained with: the run config without what every cell differs in
+    (its name, output folder and seed). A carried cell must have been trained with today's row."""
+    import hashlib
+
+    config = json.loads(run.model_dump_json())
+    config.pop("name", None)
+    config.pop("output_dir", None)
+    config.get("train", {}).pop("seed", None)
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def summarise(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
 
@@ -176,6 +188,7 @@ def collect_rows(experiment: ExperimentConfig, results: dict[tuple[str, str], li
             entry["steps"] = ms[0]["steps"]
             entry["runs"] = [m["run"] for m in ms]
             entry["commits"] = sorted({m.get("commit", "not recorded") for m in ms})
+            entry["config_digest"] = ms[0].get("config_digest")
             entries.append(entry)
         if not entries:
             continue  # a dataset none of the selected rows ran on
@@ -187,18 +200,27 @@ def collect_rows(experiment: ExperimentConfig, results: dict[tuple[str, str], li
 
 
 def carry_over(previous: dict[str, Any], table: dict[str, Any], experiment: ExperimentConfig,
-               rerun: set[tuple[str, str]]) -> None:
+               rerun: set[tuple[str, str]], digests: dict[tuple[str, str], str] | None = None) -> list[str]:
     """Keep, in ``table``, the cells of the previous table (the results JSON) that this command
     neither ran nor found finished on disk: run folders stay on the machine that trained them
     (``runs/`` is not versioned), so re-running a few rows elsewhere must not drop the others.
     Carried entries keep their own commits and are marked ``carried``; rows no longer in the
-    experiment file, and every cell this command ran, are not carried."""
+    experiment file, and every cell this command ran, are not carried. With ``digests`` (each
+    (row, dataset)'s :func:`config_digest` today), neither is a cell trained with another config
+    (an edited row or base recipe): its figures would stand in the table under today's row. Returns
+    the ``row on dataset`` cells dropped for that reason."""
     order = {row.name: i for i, row in enumerate(experiment.rows)}
+    dropped: list[str] = []
     for dataset, old in previous.items():
         have = table.get(dataset)
         present = {e["row"] for e in have["rows"]} if have else set()
-        carried = [{**e, "carried": True} for e in old.get("rows", [])
-                   if e["row"] in order and e["row"] not in present and (e["row"], dataset) not in rerun]
+        candidates = [e for e in old.get("rows", [])
+                      if e["row"] in order and e["row"] not in present and (e["row"], dataset) not in rerun]
+        if digests is not None:
+            stale = [e for e in candidates if e.get("config_digest") != digests.get((e["row"], dataset))]
+            dropped += [f"{e['row']} on {dataset}" for e in stale]
+            candidates = [e for e in candidates if e not in stale]
+        carried = [{**e, "carried": True} for e in candidates]
         if not carried:
             continue
         if have is None:
@@ -206,6 +228,7 @@ def carry_over(previous: dict[str, Any], table: dict[str, Any], experiment: Expe
         for name, metrics in old.get("teachers", {}).items():
             have["teachers"].setdefault(name, metrics)
         have["rows"] = sorted(have["rows"] + carried, key=lambda e: order[e["row"]])
+    return dropped
 
 
 def _teacher_name(metrics: dict[str, Any]) -> str:
@@ -302,7 +325,7 @@ def run_experiment(experiment: ExperimentConfig, argv: list[str], only: list[str
     chosen = {run.run_dir for *_, run in planned}
     for row, dataset, seed, run in everything:
         if run.run_dir not in chosen and (metrics := finished_metrics(run)) is not None:
-            results.setdefault((row.name, dataset), []).append({**metrics, "seed": seed})
+            results.setdefault((row.name, dataset), []).append({**metrics, "seed": seed, "config_digest": config_digest(run)})
     for i, (row, dataset, seed, run) in enumerate(planned, start=1):
         metrics = finished_metrics(run)
         state = "reused" if metrics is not None else "running"
@@ -312,12 +335,16 @@ def run_experiment(experiment: ExperimentConfig, argv: list[str], only: list[str
             if aside is not None:
                 print(f"  {run.run_dir} held a run of another config: moved to {aside}", file=sys.stderr, flush=True)
             metrics = run_distillation(run, address=address).metrics
-        results.setdefault((row.name, dataset), []).append({**metrics, "seed": seed})
+        results.setdefault((row.name, dataset), []).append({**metrics, "seed": seed, "config_digest": config_digest(run)})
     table = collect_rows(experiment, results)
     experiment.results_dir.mkdir(parents=True, exist_ok=True)
     previous = experiment.results_dir / f"{experiment.name}.json"
     if previous.is_file():
-        carry_over(json.loads(previous.read_text()).get("tables", {}), table, experiment, {(r.name, d) for r, d, *_ in planned})
+        dropped = carry_over(json.loads(previous.read_text()).get("tables", {}), table, experiment,
+                             {(r.name, d) for r, d, *_ in planned}, {(r.name, d): config_digest(run) for r, d, _, run in everything})
+        if dropped:
+            print(f"not carried from the previous table (trained with another config of the row): {', '.join(dropped)}",
+                  file=sys.stderr, flush=True)
     out = {"experiment": experiment.name, **meta, "tables": table}
     previous.write_text(json.dumps(out, indent=2))
     (experiment.results_dir / f"{experiment.name}.md").write_text(render_markdown(experiment, table, meta))

@@ -216,6 +216,26 @@ def test_rows_neither_run_nor_on_disk_are_carried_from_the_previous_table():
     assert "| a: A (carried over) |" in markdown and "| b: B |" in markdown
 
 
+def test_cells_trained_with_another_config_are_not_carried():
+    """An edited row (or base recipe) makes the previous table's cells of that row stale: carried,
+    they would show another recipe's figures under today's row."""
+    from student_trainer.experiment import carry_over
+
+    def metrics(digest: str) -> dict:
+        return {"run": "r", "seed": 13, "steps": 10, "timings": {"train_s": 1.0}, "config_digest": digest,
+                "metrics": {"teacher": {"nDCG@10": 0.5, "MRR@10": 0.4, "R@100": 1.0},
+                            "student": {"nDCG@10": 0.2, "MRR@10": 0.2, "R@100": 0.9}}}
+
+    exp = ExperimentConfig(name="x", base=Path("b.yaml"), seeds=[13], datasets=["d1"],
+                           rows=[ExperimentRow(name=n) for n in ("a", "b", "c")])
+    previous = collect_rows(exp, {("a", "d1"): [metrics("same")], ("b", "d1"): [metrics("old")], ("c", "d1"): [metrics("x")]})
+    del previous["d1"]["rows"][2]["config_digest"]  # a table written before digests were recorded
+    table: dict = {}
+    dropped = carry_over(previous, table, exp, rerun=set(), digests={("a", "d1"): "same", ("b", "d1"): "new", ("c", "d1"): "x"})
+    assert [e["row"] for e in table["d1"]["rows"]] == ["a"]
+    assert dropped == ["b on d1", "c on d1"]
+
+
 def test_the_untrained_student_gets_a_column_where_runs_measured_it():
     def metrics(ndcg: float, untrained: float | None) -> dict:
         systems = {"teacher": {"nDCG@10": 0.5, "MRR@10": 0.4, "R@100": 1.0},
