@@ -1,5 +1,5 @@
-"""``tightdistill train | eval | index | adapt``: distil a student, evaluate any encoder, build a teacher index,
-adapt a student to a user's documents."""
+"""``tightdistill train | eval | index | adapt | export``: distil a student, evaluate any encoder, build a teacher
+index, adapt a student to a user's documents, export a student for deployment."""
 
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --hybrid: weight of the BM25 score (default: tuned on the dataset's train queries)")
     e.add_argument("--doc-index", type=Path, default=None, help="teacher document embeddings parquet (asymmetric students)")
     e.add_argument("--max-queries", type=int, default=None, help="evaluate only the first N queries")
+    e.add_argument("--backend", choices=["torch", "onnx", "onnx-int8"], default="torch",
+                   help="exported students: run the query encoder in torch or through its ONNX graph (tightdistill export)")
     e.add_argument("--ignore-identical-ids", action="store_true",
                    help="drop a retrieved document whose id is the query's (corpora whose queries are documents)")
     e.add_argument("--output", type=Path, default=None, help="JSON file for the report (default: runs/eval/...)")
@@ -85,6 +87,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--address", default=None, help="Ray cluster to join ('auto' or host:port); default: embedded local Ray")
     a.add_argument("--no-progress", action="store_true", help="no progress bars")
     a.set_defaults(handler=adapt_command)
+
+    x = sub.add_parser(
+        "export", help="export a trained student for deployment (ONNX, optionally int8)",
+        description="Write the student's query encoder (encoder, pooling, normalisation, projection) as model.onnx in "
+        "the student directory, checked against torch (cosine >= 0.9999); with --quantize int8 also model_int8.onnx "
+        "(ONNX Runtime dynamic quantisation). Check the ranking with `tightdistill eval --backend onnx|onnx-int8`.",
+    )
+    x.add_argument("--student", type=Path, required=True, help="exported student directory (a run's student/ folder)")
+    x.add_argument("--format", choices=["onnx"], default="onnx", help="export format (default: %(default)s)")
+    x.add_argument("--quantize", choices=["int8"], default=None, help="also write a dynamically quantised int8 graph")
+    x.set_defaults(handler=export_command)
 
     r = sub.add_parser("report", help="(re)write a run's report.md and plots",
                        description="Write report.md and PNG plots (loss curves, teacher vs student metrics, "
@@ -153,9 +166,10 @@ def eval_command(args: argparse.Namespace) -> int:
     if args.hybrid:
         return _hybrid_eval(args, dataset, encode_queries, index, ev.run, name)
     print(format_table({name: ev.report}))
-    out = args.output or Path("runs/eval") / f"{Path(name).name}-{dataset.name}-{args.split}{'-rerank' if args.rerank else ''}.json"
+    backend = "" if args.backend == "torch" else f"-{args.backend}"
+    out = args.output or Path("runs/eval") / f"{Path(name).name}{backend}-{dataset.name}-{args.split}{'-rerank' if args.rerank else ''}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"model": name, "dataset": dataset.name, "split": args.split, "mode": ev.mode,
+    out.write_text(json.dumps({"model": name, "backend": args.backend, "dataset": dataset.name, "split": args.split, "mode": ev.mode,
                                **ev.report.to_dict()}, indent=2))
     print(f"wrote {out}")
     return 0
@@ -192,16 +206,29 @@ def _load_encoder(args: argparse.Namespace):
     model = Path(args.model)
     if (model / METADATA).is_file():
         student = ExportedStudent(model)
+        encode_queries = student.encode_queries
+        if args.backend != "torch":
+            if not student.asymmetric:
+                raise ConfigError("--backend onnx runs the query encoder only: it needs an asymmetric student")
+            from student_trainer.export import ONNX_FILE, ONNX_INT8_FILE, OnnxStudent
+
+            graph = model / (ONNX_INT8_FILE if args.backend == "onnx-int8" else ONNX_FILE)
+            if not graph.is_file():
+                raise ConfigError(f"{graph} does not exist: run `tightdistill export --student {model}"
+                                  f"{' --quantize int8' if args.backend == 'onnx-int8' else ''}` first")
+            encode_queries = OnnxStudent(model, graph).encode_queries
         if student.asymmetric:
             path = args.doc_index or (Path(student.metadata["doc_index"]) if student.metadata.get("doc_index") else None)
             if path is None or not path.is_file():
                 raise ConfigError(f"{model} is an asymmetric student: it searches its teacher's document index; pass "
                                   "--doc-index (see `tightdistill index`)")
-            return student.encode_queries, path, None, str(model)
+            return encode_queries, path, None, str(model)
         return student.encode_queries, None, lambda texts: student.encode_documents(texts, show_progress=True), str(model)
 
     from common.text_encoder import TextEncoder
 
+    if args.backend != "torch":
+        raise ConfigError(f"--backend {args.backend} is for exported tightdistill students; {args.model} is not one")
     encoder = TextEncoder.from_pretrained(args.model).eval()
     return (encoder.encode, args.doc_index,
             lambda texts: encoder.encode(texts, show_progress=True, desc=f"{args.model}: encoding corpus"), args.model)
@@ -219,6 +246,32 @@ def index_command(args: argparse.Namespace) -> int:
     client = connect_teacher(TeacherRef(teacher=args.teacher, serve_config=args.serve_config))
     index = teacher_doc_embeddings(client, dataset)
     print(f"{len(index.ids)} documents of {dataset.name}, dim {index.emb.shape[1]}: {index.path}")
+    return 0
+
+
+# Query-like texts the export checks its graphs on (the encoder's outputs, not a quality figure).
+EXPORT_CHECK_TEXTS = [
+    "what causes the seasons on earth", "effect of vitamin d on bone density in older adults",
+    "how are glacier caves formed?", "a", "transformers attend to every token of the input sequence at once",
+    "0.5 mg/kg dose response in mice", "Which enzymes repair double-strand DNA breaks?", "ranking with dense retrieval",
+]
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from student_trainer.export import METADATA, OnnxUnavailable, export_onnx, quantize_onnx_int8
+
+    if not (args.student / METADATA).is_file():
+        raise ConfigError(f"{args.student} is not an exported tightdistill student (no {METADATA}); "
+                          "pass a run's student/ folder")
+    try:
+        check = export_onnx(args.student, EXPORT_CHECK_TEXTS)
+        print(f"wrote {check['path']} (min cosine to torch {check['min_cosine']:.6f} on {check['texts']} texts)")
+        if args.quantize == "int8":
+            q = quantize_onnx_int8(args.student, EXPORT_CHECK_TEXTS)
+            print(f"wrote {q['path']} ({q['bytes'] / 2**20:.1f} MiB, fp32 {q['fp32_bytes'] / 2**20:.1f} MiB; "
+                  f"cosine to the fp32 graph: min {q['min_cosine_to_fp32']:.4f}, mean {q['mean_cosine_to_fp32']:.4f})")
+    except OnnxUnavailable as exc:
+        raise ConfigError(str(exc)) from None
     return 0
 
 
