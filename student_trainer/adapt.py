@@ -73,19 +73,22 @@ def latency_texts(dataset: BeirDataset, seed: int) -> list[str]:
 
 def latencies(info: dict[str, Any], student_dir: Path, onnx_ok: bool, texts: list[str]) -> dict[str, float]:
     """Batch-1 query latency (median ms, in this process) of the teacher's query encoder, the
-    student in torch and, where it was exported, the student in ONNX Runtime. The models take
+    student in torch and, where it was exported, the student in ONNX Runtime (fp32, and int8 where
+    ``model_int8.onnx`` exists). The models take
     turns on each text, so a burst of load from another process slows all of them alike instead
     of whichever happened to be timed then (one run measured the teacher 30x slower that way)."""
     import torch
 
     from common.text_encoder import TextEncoder
-    from student_trainer.export import ExportedStudent, OnnxStudent
+    from student_trainer.export import ONNX_INT8_FILE, ExportedStudent, OnnxStudent
 
     encoders = {"student": ExportedStudent(student_dir).encode_queries}
     if info["kind"] == "dual_encoder":
         encoders["teacher"] = TextEncoder.from_pretrained(info["checkpoint"], max_length=info["max_query_length"]).eval().encode
     if onnx_ok:
         encoders["student_onnx"] = OnnxStudent(student_dir, threads=1).encode_queries
+        if (student_dir / ONNX_INT8_FILE).is_file():  # written by `tightdistill export --quantize int8`
+            encoders["student_onnx_int8"] = OnnxStudent(student_dir, student_dir / ONNX_INT8_FILE, threads=1).encode_queries
     times: dict[str, list[float]] = {name: [] for name in encoders}
     # One intra-op thread for every model: on a shared 2-core machine two threads per batch-1
     # forward measured 4-190 ms for the same student, one thread stays put (and a server runs one
