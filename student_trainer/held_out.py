@@ -59,8 +59,8 @@ def teacher_agreement(teacher_q: np.ndarray, student_q: np.ndarray, doc_emb: np.
     s_scores, s_top = index.search(np.asarray(student_q, dtype=np.float32), max(k, 100))
     qrels = {str(i): {d: 1 for d in top} for i, top in enumerate(t_top)}
     run = {str(i): {d: float(s) for d, s in zip(top, scores)} for i, (top, scores) in enumerate(zip(s_top, s_scores))}
-    ndcg = evaluate_run(qrels, run, k_values=[k]).aggregate["nDCG@10"]
-    return {f"overlap@{k}": agreement[f"overlap@{k}"], "nDCG@10_teacher_top10": ndcg, f"RBO@{k}": agreement[f"RBO@{k}"],
+    ndcg = evaluate_run(qrels, run, k_values=[k]).aggregate[f"nDCG@{k}"]
+    return {f"overlap@{k}": agreement[f"overlap@{k}"], f"nDCG@{k}_teacher_top{k}": ndcg, f"RBO@{k}": agreement[f"RBO@{k}"],
             "query_cosine_mean": agreement["query_cosine_mean"], "queries": len(teacher_q)}
 
 
