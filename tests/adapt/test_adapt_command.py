@@ -56,3 +56,20 @@ def test_a_teacher_that_is_not_served_is_one_line(teacher_app, text_folder, tmp_
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "teacher 'no-such-teacher' is not served" in err and "tiny" in err
+
+
+@pytest.mark.parametrize("fmt", ["beir", "jsonl", "parquet", "csv"])
+def test_every_input_format_runs_end_to_end(teacher_app, fmt, tmp_path, capsys):
+    """The command on the same real documents in each other format adapt reads (the text folder
+    is the test above): read, encoded by the served teacher, one Ray Train step, exported, reported."""
+    from test_corpus_formats import scifact_rows, write_formats
+
+    rows = scifact_rows(60)
+    (tmp_path / "in").mkdir()
+    path = write_formats(tmp_path / "in", rows)[fmt]
+    out = tmp_path / "adapted"
+    assert main(["adapt", str(path), "--teacher", "tiny", "--layers", "1", "--out", str(out), "--max-steps", "1",
+                 "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["corpus"]["documents"] == len(rows) and report["training"]["steps"] == 1
+    assert (out / "student" / "model.onnx").is_file() and "the model is at" in capsys.readouterr().out
