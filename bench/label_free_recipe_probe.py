@@ -15,7 +15,7 @@ AdamW, frozen token embeddings, gradient clipping at 1, batches of ``--batch-siz
 order. The teacher's embeddings are computed in bf16 where the CPU has it (a probe, not a figure
 to report: the run's own teacher labels the real thing).
 
-    .venv/bin/python bench/label_free_recipe_probe.py --lr 1e-3 --layers 0,5 --candidate-kl 1
+    .venv/bin/python bench/label_free_recipe_probe.py --lr 1e-3 --layers 2 --layer-selection spread --candidate-kl 1
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def parse_args() -> argparse.Namespace:
                    help="teacher document embeddings parquet (default: the run's cache entry for the dataset)")
     p.add_argument("--pseudo-queries", type=int, default=16000)
     p.add_argument("--per-document", type=int, default=2)
-    p.add_argument("--layers", default="0,5", help="kept teacher layers, comma-separated (default: %(default)s)")
+    p.add_argument("--layers", type=int, default=2, help="student layers (default: %(default)s)")
+    p.add_argument("--layer-selection", choices=["first", "spread"], default="spread",
+                   help="which of the teacher's layers the student keeps (student.layer_selection)")
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -101,12 +103,9 @@ def main() -> None:
     teacher_ndcg = ndcg10(dev_teacher)
     print(json.dumps({"teacher_dev_ndcg10": round(teacher_ndcg, 4)}), flush=True)
 
-    layers = [int(x) for x in a.layers.split(",")]
-    student = DualEncoderStudent(StudentConfig(num_layers=None, freeze_embeddings=True,
+    student = DualEncoderStudent(StudentConfig(num_layers=a.layers, layer_selection=a.layer_selection, freeze_embeddings=True,
                                                max_query_length=a.max_query_length), teacher_dim=doc_emb.shape[1])
-    kept = student.query_encoder.model.encoder.layer
-    student.query_encoder.model.encoder.layer = torch.nn.ModuleList([kept[i] for i in layers])
-    student.query_encoder.model.config.num_hidden_layers = len(layers)
+    layers = f"{a.layers} ({a.layer_selection})"
     params = [p for p in student.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=a.lr, weight_decay=0.01)
     warm = max(1, a.steps // 10)
