@@ -74,13 +74,10 @@ def latency_texts(dataset: BeirDataset, seed: int) -> list[str]:
 def latencies(info: dict[str, Any], student_dir: Path, onnx_ok: bool, texts: list[str]) -> dict[str, float]:
     """Batch-1 query latency (median ms, in this process) of the teacher's query encoder, the
     student in torch and, where it was exported, the student in ONNX Runtime (fp32, and int8 where
-    ``model_int8.onnx`` exists). The models take
-    turns on each text, so a burst of load from another process slows all of them alike instead
-    of whichever happened to be timed then (one run measured the teacher 30x slower that way)."""
-    import torch
-
+    ``model_int8.onnx`` exists), timed in turns on one thread (:func:`student_trainer.run.median_latencies_ms`)."""
     from common.text_encoder import TextEncoder
     from student_trainer.export import ONNX_INT8_FILE, ExportedStudent, OnnxStudent
+    from student_trainer.run import median_latencies_ms
 
     encoders = {"student": ExportedStudent(student_dir).encode_queries}
     if info["kind"] == "dual_encoder":
@@ -89,23 +86,7 @@ def latencies(info: dict[str, Any], student_dir: Path, onnx_ok: bool, texts: lis
         encoders["student_onnx"] = OnnxStudent(student_dir, threads=1).encode_queries
         if (student_dir / ONNX_INT8_FILE).is_file():  # written by `tightdistill export --quantize int8`
             encoders["student_onnx_int8"] = OnnxStudent(student_dir, student_dir / ONNX_INT8_FILE, threads=1).encode_queries
-    times: dict[str, list[float]] = {name: [] for name in encoders}
-    # One intra-op thread for every model: on a shared 2-core machine two threads per batch-1
-    # forward measured 4-190 ms for the same student, one thread stays put (and a server runs one
-    # query encoder per core anyway).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for encode in encoders.values():
-            encode(texts[:1])  # warm-up
-        for text in texts:
-            for name, encode in encoders.items():
-                start = time.perf_counter()
-                encode([text])
-                times[name].append(time.perf_counter() - start)
-    finally:
-        torch.set_num_threads(threads)
-    return {name: 1000 * float(np.median(t)) for name, t in times.items()}
+    return median_latencies_ms(encoders, texts)
 
 
 def headline(report: dict[str, Any]) -> list[str]:

@@ -469,24 +469,37 @@ def query_latencies(info: dict[str, Any], student: ExportedStudent, dataset: Bei
     teacher loaded the same way (other teacher kinds have no single-text query encoder); timed on
     evaluation queries, or on ``fallback`` texts (the training queries) in a run without them."""
     queries = [dataset.query_text[q] for q in eval_queries(run, dataset)[1][:n]] or list(fallback[:n])
-    out = {"student": median_latency_ms(student.encode_queries, queries)}
+    encoders = {"student": student.encode_queries}
     if info["kind"] == "dual_encoder":
         from common.text_encoder import TextEncoder
 
-        teacher = TextEncoder.from_pretrained(info["checkpoint"], max_length=info["max_query_length"]).eval()
-        out["teacher"] = median_latency_ms(teacher.encode, queries)
-    return out
+        encoders["teacher"] = TextEncoder.from_pretrained(info["checkpoint"], max_length=info["max_query_length"]).eval().encode
+    return median_latencies_ms(encoders, queries)
 
 
-def median_latency_ms(encode: Any, texts: Sequence[str]) -> float:
-    """Median milliseconds to embed one text (batch 1) over ``texts``, after one warm-up call."""
-    encode(list(texts[:1]))
-    times = []
-    for text in texts:
-        start = time.perf_counter()
-        encode([text])
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
+def median_latencies_ms(encoders: dict[str, Any], texts: Sequence[str]) -> dict[str, float]:
+    """Median milliseconds each encoder takes to embed one text (batch 1) over ``texts``, after one
+    warm-up call each. The encoders take turns on every text, so a burst of load from another
+    process slows all of them alike instead of whichever happened to be timed then (one run measured
+    the teacher 30x slower that way), and torch runs on one intra-op thread: on a shared 2-core
+    machine two threads per batch-1 forward measured 4-190 ms for the same student, one stays put
+    (and a server runs one query encoder per core anyway)."""
+    import torch
+
+    times: dict[str, list[float]] = {name: [] for name in encoders}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for encode in encoders.values():
+            encode(list(texts[:1]))
+        for text in texts:
+            for name, encode in encoders.items():
+                start = time.perf_counter()
+                encode([text])
+                times[name].append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return {name: 1000 * float(np.median(t)) for name, t in times.items()}
 
 
 def run_distillation(run: RunConfig, address: str | None = None, show_progress: bool = True,
