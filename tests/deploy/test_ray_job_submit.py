@@ -40,11 +40,14 @@ def cluster_pids(temp_dir: str) -> list[int]:
 @pytest.fixture
 def head_node():
     temp_dir = tempfile.mkdtemp(prefix="tdray-", dir="/tmp")  # short: Ray's socket paths have a length cap
-    gcs, dashboard = free_port(), free_port()
+    gcs, dashboard, agent = free_port(), free_port(), free_port()
     # Token auth, as Ray enables by default, with this cluster's own token (not ~/.ray's).
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     subprocess.run([RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=4",
                     "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                    # The test session's own Ray already holds the agent's default port (52365): the head's
+                    # job agent would fail to bind it and every submission would be refused "No available agent".
+                    f"--dashboard-agent-listen-port={agent}",
                     f"--temp-dir={temp_dir}", "--disable-usage-stats"],
                    check=True, env=env, capture_output=True, timeout=180)
     try:
