@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from common.datasets import load_beir
 from common.metrics import evaluate_run
@@ -36,6 +37,8 @@ from common.text_encoder import TextEncoder
 from student_trainer.extra_queries import corpus_pseudo_queries
 from student_trainer.losses import candidate_kl, embedding_distance
 from student_trainer.students import DualEncoderStudent, StudentConfig
+from teacher_service.kinds import Encoded, build_teacher
+from teacher_service.spec import TeacherSpec
 
 
 def parse_args() -> argparse.Namespace:
@@ -56,6 +59,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--candidate-kl", type=float, default=0.0, help="weight of candidate_kl (0: off)")
     p.add_argument("--top-k", type=int, default=64)
     p.add_argument("--tau", type=float, default=0.05)
+    p.add_argument("--score-teacher", choices=["de", "colbert", "ensemble"], default="de",
+                   help="whose scores rank the candidates for candidate_kl: the DE's own (default), the zero-shot "
+                        "ColBERT's over the DE's top-K, or both z-scored and averaged (issue #21)")
+    p.add_argument("--target-tau", type=float, default=0.5,
+                   help="temperature on the z-scored ColBERT/ensemble target (default: %(default)s)")
     p.add_argument("--max-query-length", type=int, default=64)
     p.add_argument("--evals", type=int, default=4)
     p.add_argument("--seed", type=int, default=13)
@@ -80,6 +88,30 @@ def teacher_embeddings(texts: list[str], path: Path) -> np.ndarray:
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, emb)
     return emb
+
+
+def colbert_candidate_scores(ds, queries: list[str], top: list[list[str]], path: Path) -> np.ndarray:
+    """``[n, K]`` zero-shot ColBERT (MaxSim over all-MiniLM-L6-v2's token states) scores of each
+    query's candidates, computed once in-process (bf16 where native) and cached under ``path``."""
+    if path.is_file():
+        return np.load(path)
+    colbert = build_teacher(TeacherSpec(name="colbert-zs", kind="colbert", checkpoint="minilm-l6", dtype="auto",
+                                        options={"zero_shot": True}))
+    docs = Encoded.concat([colbert.encode(ds.doc_texts[i : i + 128], "document", with_tokens=True)
+                           for i in tqdm(range(0, len(ds.doc_texts), 128), desc="ColBERT: documents", unit="chunk")])
+    out = np.zeros((len(queries), len(top[0])), dtype=np.float32)
+    for start in tqdm(range(0, len(queries), 256), desc="ColBERT: candidates", unit="chunk"):
+        enc = colbert.encode(queries[start : start + 256], "query", with_tokens=True)
+        for j in range(len(enc.pooled)):
+            rows = [ds.doc_index[d] for d in top[start + j]]
+            out[start + j] = colbert.score_encoded(enc.select([j]), docs.select(rows), "matrix")[0]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, out)
+    return out
+
+
+def zscore(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.mean(-1, keepdim=True)) / x.std(-1, keepdim=True).clamp_min(1e-6)
 
 
 def main() -> None:
@@ -118,6 +150,11 @@ def main() -> None:
         _, top = index.search(targets, a.top_k)
         row = {d: i for i, d in enumerate(doc_ids)}
         top_rows = torch.tensor([[row[d] for d in r] for r in top])
+        if a.score_teacher != "de":
+            cb = torch.from_numpy(colbert_candidate_scores(ds, queries, top, a.cache / f"{key}-colbert-top{a.top_k}.npy"))
+            de = torch.einsum("bd,bkd->bk", torch.nn.functional.normalize(target, dim=-1), docs[top_rows])
+            z = zscore(cb) if a.score_teacher == "colbert" else (zscore(cb) + zscore(de)) / 2
+            target_logits = z / a.target_tau
     rng = np.random.default_rng(a.seed)
     order: list[int] = []
     marks = {int(a.steps * (i + 1) / a.evals) for i in range(a.evals)}
@@ -135,8 +172,12 @@ def main() -> None:
             loss = (1 - torch.nn.functional.cosine_similarity(q, t)).mean()
         else:
             loss = embedding_distance(q, t, normalize=True)
-        if a.candidate_kl:
+        if a.candidate_kl and a.score_teacher == "de":
             loss = loss + a.candidate_kl * candidate_kl(q, t, docs[top_rows[batch]], a.tau)
+        elif a.candidate_kl:
+            s_logits = torch.einsum("bd,bkd->bk", torch.nn.functional.normalize(q, dim=-1), docs[top_rows[batch]]) / a.tau
+            loss = loss + a.candidate_kl * torch.nn.functional.kl_div(
+                torch.log_softmax(s_logits, -1), torch.log_softmax(target_logits[batch], -1), reduction="batchmean", log_target=True)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -149,7 +190,8 @@ def main() -> None:
             score = ndcg10(dev)
             print(json.dumps({"step": step, "dev_ndcg10": round(score, 4), "kept": round(score / teacher_ndcg, 4),
                               "dev_query_cosine": round(cos, 4), "s_per_step": round(train_s / step, 3),
-                              "layers": layers, "lr": a.lr, "loss": a.loss, "candidate_kl": a.candidate_kl}), flush=True)
+                              "layers": layers, "lr": a.lr, "loss": a.loss, "candidate_kl": a.candidate_kl,
+                              "score_teacher": a.score_teacher, "target_tau": a.target_tau}), flush=True)
 
 
 if __name__ == "__main__":

@@ -172,6 +172,14 @@ def refresh_inputs(run: RunConfig, examples: Path, dataset: BeirDataset) -> Any:
     return ray.put(asdict(data))
 
 
+def candidate_corpus(run: RunConfig, dataset: BeirDataset) -> Any:
+    """The corpus texts, for a worker whose ensemble scores ``candidate_kl``'s candidates through the
+    service (a single dual-encoder scores them from the index it holds: no texts needed)."""
+    if "candidate_kl" not in run.train.losses or len(run.teacher.teachers or []) < 2:
+        return None
+    return ray.put((dataset.doc_ids, dataset.doc_texts))
+
+
 def fitted_projection(run: RunConfig, info: dict[str, Any], client: TeacherClient, texts: list[str]) -> dict[str, Any] | None:
     """The least-squares start of a projection between different widths (None where the student
     starts from the identity or asks for torch's initialisation); see :mod:`student_trainer.projection_fit`."""
@@ -345,7 +353,7 @@ def train_student(run: RunConfig, info: dict[str, Any], examples: Path, num_exam
                   hooks: dict[str, Any] | None = None) -> tuple[Any, list[dict[str, Any]]]:
     """Train on Ray Train; ``hooks`` holds the optional inputs of the loop's hooks: ``ensemble``
     (:func:`describe_ensemble`), ``refresh_ref`` (:func:`refresh_inputs`), ``agreement_ref``
-    (:func:`agreement_inputs`)."""
+    (:func:`agreement_inputs`), ``corpus_ref`` (:func:`candidate_corpus`)."""
     total_steps = total_training_steps(run, num_examples)
     ray.data.DataContext.get_current().enable_progress_bars = False  # our own bar tracks training
     with ProgressBar(total_steps, desc="training student", enabled=show_progress) as bar:
@@ -545,6 +553,7 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
     described = describe_ensemble(run, client, dataset, show_progress)
     projection = fitted_projection(run, info, client, train_queries + extra)
     hooks = {"ensemble": described, "refresh_ref": refresh_inputs(run, examples, dataset),
+             "corpus_ref": candidate_corpus(run, dataset),
              "agreement_ref": agreement_inputs(run, dataset, client),
              "projection_ref": ray.put({k: projection[k] for k in ("w", "b")}) if projection else None}
     if any(hooks.values()):

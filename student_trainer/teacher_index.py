@@ -43,11 +43,14 @@ class DocEmbeddings:
     def lookup(self, ids: list[str]) -> np.ndarray:
         return self.emb[[self._row[d] for d in ids]]
 
+    def top_k_ids(self, queries: np.ndarray, k: int) -> list[list[str]]:
+        """Each query's ``k`` best document ids in this index (exact inner-product search)."""
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
+
     def top_k_embeddings(self, queries: np.ndarray, k: int) -> np.ndarray:
         """``[nq, k, dim]``: the embeddings of each query's ``k`` best documents in this index
         (exact inner-product search): the candidates ``CandidateKLLoss`` ranks."""
-        _, ranked = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return self.emb[[[self._row[d] for d in row] for row in ranked]]
+        return self.emb[[[self._row[d] for d in row] for row in self.top_k_ids(queries, k)]]
 
     @cached_property
     def index(self) -> DenseIndex:

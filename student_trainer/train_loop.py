@@ -29,6 +29,7 @@ from ray.train import Checkpoint
 
 from common.text_encoder import training_autocast
 from student_trainer.agreement_monitor import AgreementMonitor, kl_temperature
+from student_trainer.candidates import CandidateBuilder
 from student_trainer.config import RunConfig
 from student_trainer.examples import epoch_batches
 from student_trainer.losses import DistillBatch, build_loss, kl_teacher_student
@@ -161,7 +162,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     clock = TrainingClock(cfg.max_minutes * 60 if cfg.max_minutes else None, ray.train.torch.get_device())
     optimizer, scheduler = build_optimizer(student, run, total_steps, clock)
     loss_fn = build_loss(cfg.losses)
-    candidate_k = loss_fn.losses["candidate_kl"].top_k if "candidate_kl" in loss_fn.losses else None
     autocast = training_autocast(cfg.precision, ray.train.torch.get_device())
 
     state = {"global_step": 0, "epoch": 0, "step_in_epoch": 0, "history": []}
@@ -181,7 +181,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                                  want_joint_embeddings="joint_embedding" in cfg.losses,
                                  want_document_embeddings="document_embedding" in cfg.losses,
                                  ensemble=ensemble_members(run, teacher_info, loop_config.get("ensemble")))
-    refresher = monitor = None
+    refresher = monitor = candidate_builder = None
+    if "candidate_kl" in loss_fn.losses:
+        c = loss_fn.losses["candidate_kl"]
+        corpus = ray.get(loop_config["corpus_ref"]) if loop_config.get("corpus_ref") is not None else None
+        candidate_builder = CandidateBuilder(doc_index, source, c.top_k, c.student_candidates,
+                                             dict(zip(*corpus)) if corpus is not None else None)
     if run.data.refresh.every is not None:
         refresher = NegativeRefresher(run.data.refresh, TrainingQueries(**ray.get(loop_config["refresh_ref"])), source,
                                       doc_index, cfg.seed, rank, ctx.get_world_size())
@@ -232,10 +237,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 out = model(tb.all_queries, len(tb.queries), documents=tb.documents,
                             document_embeddings=doc_emb_t if student.asymmetric else None)
             q_t = signals.query_embeddings
-            # The teacher's own top documents for each scored query: found on the worker in the
-            # index it already holds, so the listwise signal costs no teacher call.
-            candidates = (as_tensor(doc_index.top_k_embeddings(q_t[: len(tb.queries)], candidate_k))
-                          if candidate_k is not None else None)
+            # The teacher's own top documents for each scored query (found on the worker in the
+            # index it already holds), with the student's current picks; ranked by the ensemble.
+            candidates = None
+            if candidate_builder is not None:
+                t_c = time.perf_counter()
+                candidates = candidate_builder.build(tb.queries, q_t, out.query_embeddings)
+                window.setdefault("candidates/wait_s", []).append(time.perf_counter() - t_c)
+                window.setdefault("candidates/student_share", []).append(candidates.student_share)
             batch = DistillBatch(  # losses in float32 whatever precision the forward pass ran in
                 student_scores=out.scores.float(), labels=labels,
                 teacher_scores=as_tensor(signals.scores),
@@ -245,7 +254,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any]:
                 teacher_doc_emb=doc_emb_t if out.document_embeddings is not None else None,
                 student_joint_emb=_f32(out.joint_embeddings),
                 teacher_joint_emb=as_tensor(signals.joint_embeddings) if signals.joint_embeddings is not None else None,
-                candidate_doc_emb=candidates, num_negatives=k, score_scale=student.score_scale,
+                candidate_doc_emb=candidates.doc_emb if candidates is not None else None,
+                candidate_teacher_scores=candidates.teacher_scores if candidates is not None else None, num_negatives=k, score_scale=student.score_scale,
             )
             loss = loss_fn(batch)
             optimizer.zero_grad(set_to_none=True)

@@ -63,6 +63,9 @@ class DistillBatch:
         teacher_joint_emb: ``[B, d_j]`` a cross-encoder's joint [CLS] embedding of the same pairs, or None.
         candidate_doc_emb: ``[B, K, d_t]`` the teacher's embeddings of each scored query's top-``K``
             documents in its own index (the candidates of ``CandidateKLLoss``), or None.
+        candidate_teacher_scores: ``[B, K]`` a (pair-scoring or ensemble) teacher's calibrated scores
+            of those candidates (``TeacherSignalSource.score_candidates``), or None: then
+            ``CandidateKLLoss`` ranks them with the dual-encoder's own query embedding.
         num_negatives: negatives per query in the layout (``>= 0``).
         score_scale: the factor ``student_scores`` carry (``StudentConfig.score_scale``, > 0).
             Losses that match scores in the teacher's own units (Margin-MSE, score MSE) divide it
@@ -86,6 +89,7 @@ class DistillBatch:
     student_joint_emb: Tensor | None = None
     teacher_joint_emb: Tensor | None = None
     candidate_doc_emb: Tensor | None = None
+    candidate_teacher_scores: Tensor | None = None
     num_negatives: int = 1
     score_scale: float = 1.0
 
@@ -132,14 +136,20 @@ class DistillBatch:
         if c is not None and (c.dim() != 3 or c.shape[0] != B or not c.is_floating_point()):
             raise ValueError(f"DistillBatch.candidate_doc_emb must be a float tensor [B={B}, K, d], got "
                              f"{c.dtype} of shape {tuple(c.shape)}")
+        cs = self.candidate_teacher_scores
+        if cs is not None and (c is None or tuple(cs.shape) != tuple(c.shape[:2])):
+            raise ValueError(f"DistillBatch.candidate_teacher_scores must be [B, K] scores of candidate_doc_emb's "
+                             f"candidates, got shape {tuple(cs.shape)} for candidates "
+                             f"{None if c is None else tuple(c.shape)}")
 
     def _move_targets_to_student_device(self) -> None:
         # Teacher signals arrive as CPU tensors (from the service's numpy arrays) while the student may
         # run on a GPU; the targets have to go there anyway, and doing it here keeps every loss simple.
         device = self.student_scores.device
         self.labels = self.labels.to(device, non_blocking=True)
-        if self.teacher_scores is not None:
-            self.teacher_scores = self.teacher_scores.to(device, non_blocking=True)
+        for name in ("teacher_scores", "candidate_teacher_scores"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name).to(device, non_blocking=True))
         for student, teacher in (("student_query_emb", "teacher_query_emb"), ("student_doc_emb", "teacher_doc_emb"),
                                  ("student_joint_emb", "teacher_joint_emb")):
             s, t = getattr(self, student), getattr(self, teacher)

@@ -58,7 +58,8 @@ def test_candidate_kl_names_what_is_missing_and_checks_shapes():
     with pytest.raises(ValueError, match="top_k must be an int >= 2"):
         build_loss({"candidate_kl": {"top_k": 1}})
     assert build_loss({"candidate_kl": {"tau": 0.05, "top_k": 8}}).get_config_dict() == {
-        "candidate_kl": {"weight": 1.0, "tau": 0.05, "normalize": True, "top_k": 8}}
+        "candidate_kl": {"weight": 1.0, "tau": 0.05, "normalize": True, "top_k": 8, "target_tau": 0.5,
+                         "student_candidates": 0}}
 
 
 def test_top_k_embeddings_are_each_querys_best_documents():
