@@ -56,6 +56,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--loss", choices=["l2", "cos"], default="l2")
+    p.add_argument("--embedding-weight", type=float, default=1.0, help="weight of query embedding matching")
     p.add_argument("--candidate-kl", type=float, default=0.0, help="weight of candidate_kl (0: off)")
     p.add_argument("--top-k", type=int, default=64)
     p.add_argument("--tau", type=float, default=0.05)
@@ -172,6 +173,7 @@ def main() -> None:
             loss = (1 - torch.nn.functional.cosine_similarity(q, t)).mean()
         else:
             loss = embedding_distance(q, t, normalize=True)
+        loss = a.embedding_weight * loss
         if a.candidate_kl and a.score_teacher == "de":
             loss = loss + a.candidate_kl * candidate_kl(q, t, docs[top_rows[batch]], a.tau)
         elif a.candidate_kl:
@@ -191,7 +193,8 @@ def main() -> None:
             print(json.dumps({"step": step, "dev_ndcg10": round(score, 4), "kept": round(score / teacher_ndcg, 4),
                               "dev_query_cosine": round(cos, 4), "s_per_step": round(train_s / step, 3),
                               "layers": layers, "lr": a.lr, "loss": a.loss, "candidate_kl": a.candidate_kl,
-                              "score_teacher": a.score_teacher, "target_tau": a.target_tau}), flush=True)
+                              "score_teacher": a.score_teacher, "target_tau": a.target_tau,
+                              "embedding_weight": a.embedding_weight}), flush=True)
 
 
 if __name__ == "__main__":

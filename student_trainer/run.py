@@ -172,12 +172,33 @@ def refresh_inputs(run: RunConfig, examples: Path, dataset: BeirDataset) -> Any:
     return ray.put(asdict(data))
 
 
+def warm_candidate_scorers(run: RunConfig, client: TeacherClient, dataset: BeirDataset, described: list[dict[str, Any]],
+                           show_progress: bool) -> int:
+    """Have each late-interaction member of the ensemble encode the corpus once before training, so
+    its replicas' signal caches hold every document's token embeddings and scoring a step's
+    candidates costs MaxSim only (the DE's index, encoded before training too, is the same
+    trade). Only when ``candidate_kl`` asks the ensemble for its candidates' scores; a
+    cross-encoder has nothing to cache (each pair is one joint pass). Returns the documents sent."""
+    if not candidate_corpus_needed(run):
+        return 0
+    sent = 0
+    for entry in described:
+        if entry["info"]["kind"] == "colbert":
+            # One short query against every document: the replica encodes (and caches) each document.
+            client.score_many(["warm-up"] * len(dataset.doc_texts), dataset.doc_texts, teacher=entry["name"],
+                              progress=f"{entry['name']}: encoding the corpus for candidate scoring" if show_progress else None)
+            sent += len(dataset.doc_texts)
+    return sent
+
+
+def candidate_corpus_needed(run: RunConfig) -> bool:
+    return "candidate_kl" in run.train.losses and len(run.teacher.teachers or []) >= 2
+
+
 def candidate_corpus(run: RunConfig, dataset: BeirDataset) -> Any:
     """The corpus texts, for a worker whose ensemble scores ``candidate_kl``'s candidates through the
     service (a single dual-encoder scores them from the index it holds: no texts needed)."""
-    if "candidate_kl" not in run.train.losses or len(run.teacher.teachers or []) < 2:
-        return None
-    return ray.put((dataset.doc_ids, dataset.doc_texts))
+    return ray.put((dataset.doc_ids, dataset.doc_texts)) if candidate_corpus_needed(run) else None
 
 
 def fitted_projection(run: RunConfig, info: dict[str, Any], client: TeacherClient, texts: list[str]) -> dict[str, Any] | None:
@@ -551,6 +572,9 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
 
     t = time.perf_counter()
     described = describe_ensemble(run, client, dataset, show_progress)
+    t_warm = time.perf_counter()
+    if warm_candidate_scorers(run, client, dataset, described, show_progress):
+        timings["candidate_scorers_s"] = time.perf_counter() - t_warm
     projection = fitted_projection(run, info, client, train_queries + extra)
     hooks = {"ensemble": described, "refresh_ref": refresh_inputs(run, examples, dataset),
              "corpus_ref": candidate_corpus(run, dataset),
