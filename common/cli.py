@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
+        # --help and usage errors exit here, before the imports of the error types (Ray Train and
+        # the trainer's modules) that only a command that runs needs.
+        args = parser.parse_args(argv)
         errors = user_errors()
     except ModuleNotFoundError as exc:
         if exc.name and exc.name.split(".")[0] not in OWN_PACKAGES:
@@ -56,7 +59,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "pip install 'tightdistill[all]'", file=sys.stderr)
             return 2
         raise
-    args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int | None] = args.handler
     try:
         return int(handler(args) or 0)

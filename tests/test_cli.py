@@ -1,4 +1,9 @@
-"""The ``tightdistill`` command line: helpful --help, one-line errors (no tracebacks)."""
+"""The ``tightdistill`` command line: helpful --help, one-line errors (no tracebacks).
+
+Most cases call the entry point's ``main`` in this process (what ``python -m common.cli`` runs,
+without paying a new interpreter's torch and Ray imports per case); one case runs the real module
+in its own process, so the exit status and stderr a shell sees are checked too.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +12,35 @@ import sys
 
 import pytest
 
+from common.cli import main
 
-def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "common.cli", *args], capture_output=True, text=True, timeout=120, cwd=cwd)
+COMMANDS = ("train", "eval", "index", "report", "serve")
 
 
-def test_help_lists_every_subcommand():
-    out = cli("--help")
-    assert out.returncode == 0
-    for command in ("train", "eval", "index", "report", "serve"):
-        assert command in out.stdout
-    for command in ("train", "eval", "index", "report", "serve"):
-        sub = cli(command, "--help")
-        assert sub.returncode == 0 and "usage: tightdistill " + command in sub.stdout
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    """``tightdistill ARGS`` in-process: (exit status, stdout, stderr)."""
+    try:
+        code = main(list(args))
+    except SystemExit as exc:  # argparse's --help and usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_lists_every_subcommand(capsys):
+    code, out, _ = cli(capsys, "--help")
+    assert code == 0
+    for command in COMMANDS:
+        assert command in out
+    for command in COMMANDS:
+        code, out, _ = cli(capsys, command, "--help")
+        assert code == 0 and "usage: tightdistill " + command in out
+
+
+def one_clear_line(code: int, err: str, message: str) -> None:
+    assert code == 2, err
+    assert message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -32,15 +53,23 @@ def test_help_lists_every_subcommand():
     (("eval", "--model", "no-such-model", "--data", "scifact"), "unknown model 'no-such-model'"),
     (("report", "--run", "no/such/run"), "no metrics.json"),
 ])
-def test_user_errors_are_one_clear_line(args, message):
-    out = cli(*args)
-    assert out.returncode == 2, out.stderr
-    assert message in out.stderr
-    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+def test_user_errors_are_one_clear_line(capsys, args, message):
+    code, _, err = cli(capsys, *args)
+    one_clear_line(code, err, message)
 
 
-def test_bad_yaml_key_names_the_file(tmp_path):
+def test_bad_yaml_key_names_the_file(capsys, tmp_path):
     bad = tmp_path / "run.yaml"
     bad.write_text("name: x\ntrain:\n  epochz: 3\n")
-    out = cli("train", "--config", str(bad))
-    assert out.returncode == 2 and f"{bad}: unknown key 'train.epochz'" in out.stderr
+    code, _, err = cli(capsys, "train", "--config", str(bad))
+    one_clear_line(code, err, f"{bad}: unknown key 'train.epochz'")
+
+
+def test_the_real_command_exits_2_with_one_line_on_stderr(tmp_path):
+    """``python -m common.cli`` in its own process: the status and stderr a shell sees."""
+    bad = tmp_path / "run.yaml"
+    bad.write_text("name: x\ntrain:\n  epochz: 3\n")
+    out = subprocess.run([sys.executable, "-m", "common.cli", "train", "--config", str(bad)],
+                         capture_output=True, text=True, timeout=120)
+    one_clear_line(out.returncode, out.stderr, f"{bad}: unknown key 'train.epochz'")
+    assert out.stdout == ""
