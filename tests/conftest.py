@@ -20,6 +20,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # Ray starts, so replicas and Train workers inherit it).
 os.environ["TIGHTDISTILL_CACHE"] = tempfile.mkdtemp(prefix="tightdistill-test-cache-")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray Train's controller polls its workers this often (default 2 s): a finished, failed or killed
+# worker is noticed that much sooner, on each of the suite's few dozen Train runs. A missed poll
+# is awaited at the next one, as with the default. Set before Ray starts, so its actors inherit it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 from tiny_checkpoints import save_tiny_bert  # noqa: E402 - after the environment above
 
@@ -139,3 +143,12 @@ def mini_beir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         lines = [f"{q}\t{d}\t{g}" for q in qids for d, g in ds.qrels(split)[q].items()]
         (out / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(lines) + "\n")
     return out
+
+
+@pytest.fixture(scope="session")
+def ddp_trained(teacher_app, tiny_bert_dir: Path, mini_beir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One 4-step run on two DDP Train workers, trained once for the tests that resume it (each
+    from its own copy): see :func:`shared_runs.train_ddp`."""
+    from shared_runs import ddp_run_config, train_ddp
+
+    return train_ddp(ddp_run_config(tmp_path_factory.mktemp("ddp"), tiny_bert_dir, mini_beir, max_steps=4, max_minutes=10.0))

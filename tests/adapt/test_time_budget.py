@@ -3,17 +3,13 @@ learning rate has decayed to 0 by then, and a resumed run spends only what is le
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from common.datasets import load_beir
-from student_trainer.config import RunConfig
-from student_trainer.run import connect_teacher, prepare_examples, train_student
+from student_trainer.run import train_student
 from student_trainer.students import DualEncoderStudent
-from student_trainer.teacher_index import teacher_doc_embeddings
 from student_trainer.time_budget import TrainingClock, budget_schedule
 from student_trainer.train_loop import load_checkpoint
+from shared_runs import resumable_copy
 
 
 def test_the_schedule_follows_whichever_of_steps_and_time_is_further_along():
@@ -28,38 +24,23 @@ def test_the_schedule_follows_whichever_of_steps_and_time_is_further_along():
     assert budget_schedule(20, 1000, 0.1, clock) == 0.0 and clock.spent
 
 
-def budget_run(tmp_path: Path, tiny_bert_dir: Path, mini_beir: Path, **train) -> RunConfig:
-    return RunConfig.model_validate({
-        "name": "budget", "output_dir": str(tmp_path),
-        "teacher": {"teacher": "tiny", "app_name": "tightdistill", "serve_config": None},
-        "student": {"model": str(tiny_bert_dir), "num_layers": 1},
-        "data": {"dataset": str(mini_beir), "num_negatives": 1},
-        "train": {"batch_size": 8, "num_workers": 2, "cpus_per_worker": 0.5, "report_every": 2, "checkpoint_every": 2,
-                  "epochs": 100000, "warmup_ratio": 0.1, **train},
-    })
-
-
 @pytest.mark.timeout(240)  # a worker that stopped alone would leave the other waiting for ever
-def test_ddp_workers_stop_together_at_the_budget_and_a_resume_spends_what_is_left(teacher_app, tiny_bert_dir, mini_beir,
-                                                                                  tmp_path):
-    run = budget_run(tmp_path, tiny_bert_dir, mini_beir, max_steps=4, max_minutes=10.0)
-    client = connect_teacher(run.teacher)
-    info = client.describe()
-    dataset = load_beir(run.data.dataset)
-    index = teacher_doc_embeddings(client, dataset, show_progress=False)
-    examples, n = prepare_examples(run, dataset, client, index)
+def test_ddp_workers_stop_together_at_the_budget_and_a_resume_spends_what_is_left(ddp_trained, tmp_path):
+    """The session's run on two DDP workers (``ddp_trained``: 4 steps, 10-minute budget), then a
+    resume of a copy of it with a budget 4 s past the time it spent."""
+    run, info = ddp_trained["run"], ddp_trained["info"]
+    assert run.train.num_workers == 2 and run.train.max_steps == 4 and run.train.max_minutes == 10.0
     student = DualEncoderStudent(run.student, teacher_dim=info["dim"])
-
-    checkpoint, history = train_student(run, info, examples, n, index, [], False)
-    first = load_checkpoint(checkpoint, student)
+    first = load_checkpoint(ddp_trained["checkpoint"], student)
     assert first["global_step"] == 4 and first["train_elapsed_s"] > 0  # the step cap ended it, well within 10 min
-    assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # ... with the rate decayed over the steps
+    assert ddp_trained["history"][-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # ... with the rate decayed over the steps
 
-    # Same run folder, no step cap to speak of, a budget 4 s past the time already spent: the
-    # resumed run must stop about 4 s of training later, not 4 s plus what the first run took.
+    # Same run folder (a copy of it), no step cap to speak of, a budget 4 s past the time already
+    # spent: the resumed run must stop about 4 s of training later, not 4 s plus what the first run took.
     budget_s = first["train_elapsed_s"] + 4.0
-    resumed = run.model_copy(update={"train": run.train.model_copy(update={"max_steps": 100000, "max_minutes": budget_s / 60})})
-    checkpoint, history = train_student(resumed, info, examples, n, index, [], False)
+    resumed = resumable_copy(ddp_trained, tmp_path, max_steps=100000, max_minutes=budget_s / 60)
+    checkpoint, history = train_student(resumed, info, ddp_trained["examples"], ddp_trained["n"], ddp_trained["index"],
+                                        [], False)
     state = load_checkpoint(checkpoint, student)
     assert 4 < state["global_step"] < 100000
     assert budget_s <= state["train_elapsed_s"] < budget_s + 3.0, state["train_elapsed_s"]

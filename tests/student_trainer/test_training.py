@@ -15,10 +15,10 @@ import torch
 from common.datasets import load_beir
 from student_trainer.config import RunConfig
 from student_trainer.export import ExportedStudent, export_sentence_transformers
-from student_trainer.run import connect_teacher, prepare_examples, run_distillation, train_student
+from student_trainer.run import run_distillation, train_student
 from student_trainer.students import DualEncoderStudent, StudentConfig
-from student_trainer.teacher_index import teacher_doc_embeddings
 from student_trainer.train_loop import CheckpointError, load_checkpoint
+from shared_runs import resumable_copy
 
 
 def tiny_run(tmp_path: Path, tiny_bert_dir: Path, mini_beir: Path, **train) -> RunConfig:
@@ -52,23 +52,11 @@ def replica_requests(app: str = "tightdistill", teacher: str = "tiny") -> int:
     return serve.get_deployment_handle(f"teacher-{teacher}", app).stats.remote().result()["requests"]
 
 
-@pytest.fixture(scope="module")
-def prepared(teacher_app, tiny_bert_dir, mini_beir, tmp_path_factory):
-    run = tiny_run(tmp_path_factory.mktemp("run"), tiny_bert_dir, mini_beir, max_steps=4)
-    client = connect_teacher(run.teacher)
-    dataset = load_beir(run.data.dataset)
-    index = teacher_doc_embeddings(client, dataset, show_progress=False)
-    examples, n = prepare_examples(run, dataset, client, index)
-    return {"run": run, "client": client, "index": index, "examples": examples, "n": n}
-
-
-def test_every_step_asks_the_teacher_and_resume_continues(prepared):
-    run = prepared["run"]
-    info = prepared["client"].describe()
-    before = replica_requests()
-    checkpoint, history = train_student(run, info, prepared["examples"], prepared["n"], prepared["index"], [], False)
+def test_every_step_asks_the_teacher_and_resume_continues(ddp_trained, tmp_path):
+    """The session's 4-step run on two DDP workers (``ddp_trained``), then a resume of it."""
+    run, info, history = ddp_trained["run"], ddp_trained["info"], ddp_trained["history"]
     # 4 steps x 2 workers, one request each (query embeddings; the matrix uses the inherited index)
-    assert replica_requests() - before == 8
+    assert ddp_trained["requests"] == 8
     assert [h["step"] for h in history] == [2, 4]
     # A worker's own count at each report. Prefetch is on (the default): with_prefetch sends batch
     # t+1's request before it hands batch t to the step, and each request is one _send (query
@@ -79,23 +67,24 @@ def test_every_step_asks_the_teacher_and_resume_continues(prepared):
     assert history[-1]["teacher_requests"] == 4, history
     assert np.isfinite([h["loss"] for h in history]).all()
 
-    # Same run folder, higher step budget: Ray Train restores the last checkpoint (step 4) and
-    # the loop continues from there, asking the teacher only for the new steps.
-    resumed = run.model_copy(update={"train": run.train.model_copy(update={"max_steps": 6, "epochs": 2})})
+    # Same run folder (a copy of it), higher step budget, no time budget: Ray Train restores the
+    # last checkpoint (step 4) and the loop continues from there, asking the teacher only for the new steps.
+    resumed = resumable_copy(ddp_trained, tmp_path, max_steps=6, epochs=2, max_minutes=None)
     before = replica_requests()
-    checkpoint, history = train_student(resumed, info, prepared["examples"], prepared["n"], prepared["index"], [], False)
+    checkpoint, history = train_student(resumed, info, ddp_trained["examples"], ddp_trained["n"], ddp_trained["index"],
+                                        [], False)
     assert replica_requests() - before == 4
     assert [h["step"] for h in history] == [2, 4, 6]
     student = DualEncoderStudent(run.student, teacher_dim=info["dim"])
     assert load_checkpoint(checkpoint, student)["global_step"] == 6
 
 
-def test_corrupt_checkpoint_is_a_clear_error(prepared, tmp_path):
+def test_corrupt_checkpoint_is_a_clear_error(tiny_bert_dir, mini_beir, tmp_path):
     from ray.train import Checkpoint
 
     (tmp_path / "student.pt").write_bytes(b"not a torch file")
     (tmp_path / "state.json").write_text("{}")
-    student = DualEncoderStudent(prepared["run"].student, teacher_dim=32)
+    student = DualEncoderStudent(tiny_run(tmp_path, tiny_bert_dir, mini_beir).student, teacher_dim=32)
     with pytest.raises(CheckpointError, match="corrupt"):
         load_checkpoint(Checkpoint.from_directory(str(tmp_path)), student)
     (tmp_path / "student.pt").unlink()
