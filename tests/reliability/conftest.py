@@ -10,10 +10,11 @@ import pytest
 from reliability_helpers import deploy_own_app
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def own_app(http_port: int) -> Iterator[Callable[..., dict[str, Any]]]:
-    """Deploy a teacher app of this test's own (distinct name and route prefix) in the shared Ray
-    session; every app it deployed is deleted when the test ends, pass or fail."""
+    """Deploy a teacher app of this module's own (distinct name and route prefix) in the shared Ray
+    session; every app it deployed is deleted when the module's tests end, pass or fail (one
+    deployment serves all the module's tests that use it)."""
     from ray import serve
 
     deployed: list[str] = []

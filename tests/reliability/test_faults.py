@@ -42,13 +42,20 @@ APP = "rel-faults"
 STEPS = 16
 
 
-def test_frozen_teacher_ends_the_wait_after_timeout_s(own_app, tiny_bert_dir):
-    own_app("rel-frozen", [tiny_spec(tiny_bert_dir)])
-    client = TeacherClient.from_serve("rel-frozen")
+@pytest.fixture(scope="module")
+def faults_app(http_port, tiny_bert_dir):
+    from ray import serve
+
+    yield deploy_own_app(APP, [tiny_spec(tiny_bert_dir)], http_port)
+    serve.delete(APP)
+
+
+def test_frozen_teacher_ends_the_wait_after_timeout_s(faults_app):
+    client = TeacherClient.from_serve(APP)
     source = TeacherSignalSource(client, "tiny", client.describe("tiny"), None, want_query_embeddings=True, timeout_s=2.0)
     batch = TrainBatch(["q one", "q two"], [], ["d1", "d2", "d3", "d4"], ["doc a", "doc b", "doc c", "doc d"], 1)
     assert source.collect(source.submit(batch)).scores.shape == (2, 4)  # while the teacher is up
-    pid = replica_stats("rel-frozen", "tiny")["pid"]
+    pid = replica_stats(APP, "tiny")["pid"]
     pool = ThreadPoolExecutor(1)
     os.kill(pid, signal.SIGSTOP)  # a hung teacher: alive, answering nothing
     try:
@@ -61,14 +68,6 @@ def test_frozen_teacher_ends_the_wait_after_timeout_s(own_app, tiny_bert_dir):
     finally:
         os.kill(pid, signal.SIGCONT)
         pool.shutdown(wait=True)
-
-
-@pytest.fixture(scope="module")
-def faults_app(http_port, tiny_bert_dir):
-    from ray import serve
-
-    yield deploy_own_app(APP, [tiny_spec(tiny_bert_dir)], http_port)
-    serve.delete(APP)
 
 
 def run_config(out: Path, tiny_bert_dir: Path, mini_beir: Path, **train: Any) -> RunConfig:

@@ -18,7 +18,7 @@ HOLD_S = 1.5
 TEXTS = ["how are glacier caves formed?"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def overload_app(own_app, tiny_bert_dir):
     return own_app("rel-overload", [tiny_spec(tiny_bert_dir, max_ongoing_requests=1, max_queued_requests=1,
                                               batch_wait_timeout_s=HOLD_S)])
