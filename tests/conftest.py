@@ -152,3 +152,12 @@ def ddp_trained(teacher_app, tiny_bert_dir: Path, mini_beir: Path, tmp_path_fact
     from shared_runs import ddp_run_config, train_ddp
 
     return train_ddp(ddp_run_config(tmp_path_factory.mktemp("ddp"), tiny_bert_dir, mini_beir, max_steps=4, max_minutes=10.0))
+
+
+@pytest.fixture(scope="session")
+def experiment_runs(teacher_app, tiny_bert_dir: Path, mini_beir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The experiment runner's two-row table, run once: its rows are also the label-free and the
+    projection-fit runs their own tests check (see :func:`shared_runs.shared_experiment`)."""
+    from shared_runs import shared_experiment
+
+    return shared_experiment(tmp_path_factory.mktemp("experiment"), tiny_bert_dir, mini_beir)

@@ -11,17 +11,7 @@ import yaml
 from common.config import ConfigError, load_config
 from student_trainer.experiment import ExperimentConfig, ExperimentRow, collect_rows, render_markdown, run_experiment, selected
 from student_trainer.config import RunConfig
-
-
-def write_base(path: Path, tiny_bert_dir: Path, mini_beir: Path) -> Path:
-    path.write_text(yaml.safe_dump({
-        "teacher": {"teacher": "tiny", "app_name": "tightdistill", "serve_config": None},
-        "student": {"model": str(tiny_bert_dir), "num_layers": 1},
-        "data": {"dataset": str(mini_beir), "num_negatives": 1},
-        "train": {"batch_size": 8, "num_workers": 1, "cpus_per_worker": 0.5, "report_every": 2, "checkpoint_every": 2,
-                  "epochs": 1, "max_steps": 2},
-    }))
-    return path
+from shared_runs import write_experiment_base
 
 
 def test_collect_rows_means_and_spreads_over_seeds():
@@ -101,7 +91,7 @@ def test_only_and_datasets_select_runs():
 
 def test_seeds_per_dataset(tmp_path, tiny_bert_dir, mini_beir):
     """A row can run three seeds where its neighbours are close and one where they are far apart."""
-    exp = ExperimentConfig(name="x", base=write_base(tmp_path / "base.yaml", tiny_bert_dir, mini_beir),
+    exp = ExperimentConfig(name="x", base=write_experiment_base(tmp_path / "base.yaml", tiny_bert_dir, mini_beir),
                            datasets=["scifact", "wikiqa"], seeds=[13],
                            rows=[ExperimentRow(name="a", seeds={"wikiqa": [13, 14, 15]}), ExperimentRow(name="b", seeds=[1, 2])])
     assert [(r[0].name, r[1], r[2]) for r in exp.runs()] == [
@@ -112,7 +102,7 @@ def test_seeds_per_dataset(tmp_path, tiny_bert_dir, mini_beir):
 
 
 def test_bad_experiment_files_name_the_problem(tmp_path, tiny_bert_dir, mini_beir):
-    base = write_base(tmp_path / "base.yaml", tiny_bert_dir, mini_beir)
+    base = write_experiment_base(tmp_path / "base.yaml", tiny_bert_dir, mini_beir)
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"name": "x", "base": str(base), "rows": [{"name": "a", "set": {"train.lr": -1}}]}))
     with pytest.raises(ConfigError, match="lr"):
@@ -122,43 +112,46 @@ def test_bad_experiment_files_name_the_problem(tmp_path, tiny_bert_dir, mini_bei
         load_config(ExperimentConfig, bad)
 
 
-def test_experiment_runs_rows_writes_the_table_and_reuses_finished_runs(teacher_app, tiny_bert_dir, mini_beir, tmp_path):
+def test_experiment_runs_rows_writes_the_table_and_reuses_finished_runs(experiment_runs, mini_beir):
+    """The session's experiment (``experiment_runs``): two rows, two real runs with different
+    teachers (the tiny one and all-MiniLM-L6-v2); each run is also checked by its own test."""
     from ray import serve
 
-    base = write_base(tmp_path / "base.yaml", tiny_bert_dir, mini_beir)
-    exp = ExperimentConfig.model_validate({
-        "name": "tiny-ablation", "base": str(base), "output_dir": str(tmp_path / "runs"), "results_dir": str(tmp_path / "results"),
-        "datasets": [str(mini_beir)],
-        "rows": [{"name": "kl", "description": "in-batch KL", "set": {"train.losses": {"in_batch_kl": {"weight": 1.0}}}},
-                 {"name": "mmse", "description": "Margin-MSE", "set": {"train.losses": {"margin_mse": {"weight": 1.0}}}}],
-    })
-    out = run_experiment(exp, ["exp.yaml"])
+    exp, out, root = experiment_runs["exp"], experiment_runs["out"], experiment_runs["root"]
     block = out["tables"][str(mini_beir)]
-    assert [r["row"] for r in block["rows"]] == ["kl", "mmse"]
+    assert [r["row"] for r in block["rows"]] == ["sym", "wide"]
+    assert [r["teacher"] for r in block["rows"]] == ["tiny", "minilm"] and set(block["teachers"]) == {"tiny", "minilm"}
     for row in block["rows"]:
-        run_metrics = json.loads((tmp_path / "runs" / row["runs"][0] / "metrics.json").read_text())
+        run_metrics = json.loads((root / "runs" / row["runs"][0] / "metrics.json").read_text())
+        assert run_metrics["teacher"]["name"] == row["teacher"]
         assert row["nDCG@10"]["mean"] == run_metrics["metrics"]["student"]["nDCG@10"]
         assert row["retained"]["mean"] == pytest.approx(run_metrics["metrics"]["student"]["nDCG@10"]
                                                         / run_metrics["metrics"]["teacher"]["nDCG@10"])
         assert row["steps"] == 2
-    markdown = (tmp_path / "results" / "tiny-ablation.md").read_text()
-    assert "| kl: in-batch KL |" in markdown and "| teacher |" in markdown and "Commit: `" in markdown
-    assert json.loads((tmp_path / "results" / "tiny-ablation.json").read_text())["tables"] == out["tables"]
+    history = json.loads((experiment_runs["runs"]["wide"].run_dir / "history.json").read_text())
+    assert history[-1]["margin_mse"] > 0 and history[-1]["loss"] == pytest.approx(history[-1]["margin_mse"])  # the row's loss ran
+    markdown = (root / "results" / "tiny-ablation.md").read_text()
+    assert "| sym: label-free, symmetric, bf16 | tiny |" in markdown and "| teacher minilm | minilm |" in markdown
+    assert "Commit: `" in markdown
+    assert json.loads((root / "results" / "tiny-ablation.json").read_text())["tables"] == out["tables"]
 
-    # Run again: both runs are found finished and reused, so the teacher is not asked anything.
-    requests = serve.get_deployment_handle("teacher-tiny", "tightdistill").stats.remote
-    before = requests().result()["requests"]
+    # Run again: both runs are found finished and reused, so neither teacher is asked anything.
+    def requests() -> list[int]:
+        return [serve.get_deployment_handle(f"teacher-{t}", "tightdistill").stats.remote().result()["requests"]
+                for t in ("tiny", "minilm")]
+
+    before = requests()
     again = run_experiment(exp, ["exp.yaml"])
-    assert requests().result()["requests"] == before
+    assert requests() == before
     assert again["tables"] == out["tables"]
     # One row selected: the other's finished run stays in the table (cells can be filled one command at a time).
-    assert run_experiment(exp, ["exp.yaml", "--only", "mmse"], only=["mmse"])["tables"] == out["tables"]
+    assert run_experiment(exp, ["exp.yaml", "--only", "wide"], only=["wide"])["tables"] == out["tables"]
 
 
 def test_a_folder_of_another_config_is_set_aside_not_resumed(tmp_path, tiny_bert_dir, mini_beir):
     from student_trainer.experiment import set_aside_stale
 
-    base = write_base(tmp_path / "base.yaml", tiny_bert_dir, mini_beir)
+    base = write_experiment_base(tmp_path / "base.yaml", tiny_bert_dir, mini_beir)
     exp = ExperimentConfig.model_validate({"name": "x", "base": str(base), "output_dir": str(tmp_path / "runs"),
                                            "datasets": [str(mini_beir)], "rows": [{"name": "a"}]})
     run = exp.runs()[0][3]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,7 @@ import torch
 from student_trainer.config import RunConfig
 from student_trainer.export import ExportedStudent
 from student_trainer.projection_fit import fit_linear_map, fit_projection, needs_fit
-from student_trainer.run import connect_teacher, run_distillation, training_queries
+from student_trainer.run import connect_teacher, training_queries
 from student_trainer.train_loop import build_student
 
 
@@ -49,22 +51,24 @@ def test_only_a_map_between_different_widths_is_fitted(tiny_bert_dir, mini_beir,
     assert not needs_fit(random, 384)
 
 
-def test_a_run_under_a_wider_teacher_trains_from_the_fitted_projection(teacher_app, tiny_bert_dir, mini_beir, tmp_path):
-    """The driver fits the map against the served teacher; the Train worker starts from it (one step
-    at lr 1e-9 leaves it as fitted, so the exported projection is the fit itself)."""
-    run = wide_teacher_run(tmp_path, tiny_bert_dir, mini_beir)
-    result = run_distillation(run, show_progress=False)
-    fit = result.metrics["projection_fit"]
-    assert fit["texts"] == len(set(training_queries(result.run_dir / "data" / "train.parquet")))
+def test_a_run_under_a_wider_teacher_trains_from_the_fitted_projection(experiment_runs):
+    """The driver fits the map against the served teacher; the Train worker starts from it (two steps
+    at lr 1e-9 leave it as fitted, so the exported projection is the fit itself). The run is the
+    "wide" row of the session's experiment (shared_runs.SHARED_ROWS), trained once."""
+    run = experiment_runs["runs"]["wide"]
+    assert run.teacher.teacher == "minilm" and run.student.projection_init == "least_squares" and run.train.lr == 1e-9
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    fit = metrics["projection_fit"]
+    assert fit["texts"] == len(set(training_queries(run.run_dir / "data" / "train.parquet")))
     assert fit["cosine_after"] > fit["cosine_before"] + 0.2  # the random map points nowhere near the teacher
 
     client = connect_teacher(run.teacher)
     info = client.describe()
     # The run read queries as long as its data needed (metrics.json records the limit): fit the same way.
-    limit = result.metrics["query_length"]["limit"]
+    limit = metrics["query_length"]["limit"]
     run = run.model_copy(update={"student": run.student.model_copy(update={"max_query_length": limit})})
-    expected = fit_projection(run, build_student(run, info), client, training_queries(result.run_dir / "data" / "train.parquet"))
-    exported = ExportedStudent(result.student_dir).projection
+    expected = fit_projection(run, build_student(run, info), client, training_queries(run.run_dir / "data" / "train.parquet"))
+    exported = ExportedStudent(run.run_dir / "student").projection
     assert isinstance(exported, torch.nn.Linear) and tuple(exported.weight.shape) == (384, 32)
     assert np.allclose(exported.weight.detach().numpy(), expected["w"].T, atol=1e-4)
     assert np.allclose(exported.bias.detach().numpy(), expected["b"], atol=1e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -15,7 +16,7 @@ import torch
 from common.datasets import load_beir
 from student_trainer.config import RunConfig
 from student_trainer.export import ExportedStudent, export_sentence_transformers
-from student_trainer.run import run_distillation, train_student
+from student_trainer.run import train_student
 from student_trainer.students import DualEncoderStudent, StudentConfig
 from student_trainer.train_loop import CheckpointError, load_checkpoint
 from shared_runs import resumable_copy
@@ -119,18 +120,17 @@ def test_export_loads_in_sentence_transformers(tiny_bert_dir, tmp_path):
     np.testing.assert_allclose(ExportedStudent(path).encode_queries(texts), ours, rtol=1e-4, atol=1e-5)
 
 
-def test_label_free_symmetric_run_on_a_bare_corpus(teacher_app, tiny_bert_dir, mini_beir, tmp_path):
+def test_label_free_symmetric_run_on_a_bare_corpus(experiment_runs, mini_beir):
     """No training queries or qrels: pseudo-queries from the corpus, labelled by the teacher online.
     A symmetric student (it encodes documents too, matched to the teacher's document embeddings);
-    the whole run (index, examples, Train, export, eval on its own index, report) completes."""
-    run = tiny_run(tmp_path, tiny_bert_dir, mini_beir, max_steps=2, num_workers=1, precision="bf16",
-                   losses={"in_batch_kl": {}, "query_embedding": {}, "document_embedding": {"weight": 0.5}})
-    run = run.model_copy(update={
-        "data": run.data.model_copy(update={"train_split": None, "pseudo_queries": 40}),
-        "student": run.student.model_copy(update={"asymmetric": False}),
-    })
-    result = run_distillation(run, show_progress=False)
-    table = pq.read_table(result.run_dir / "data" / "train.parquet")
+    the whole run (index, examples, Train, export, eval on its own index, report) completes. The
+    run is the "sym" row of the session's experiment (shared_runs.SHARED_ROWS), trained once."""
+    run = experiment_runs["runs"]["sym"]
+    assert run.data.train_split is None and run.data.pseudo_queries == 40 and not run.student.asymmetric
+    assert run.train.precision == "bf16" and run.train.num_workers == 1 and run.train.max_steps == 2
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    history = json.loads((run.run_dir / "history.json").read_text())
+    table = pq.read_table(run.run_dir / "data" / "train.parquet")
     assert table.num_rows == 40 and all(q.startswith("pseudo-") for q in table.column("query_id").to_pylist())
     dataset = load_beir(mini_beir)
     # No real query leaks in: by id, and by text up to case, punctuation and spacing (an exact
@@ -141,22 +141,21 @@ def test_label_free_symmetric_run_on_a_bare_corpus(teacher_app, tiny_bert_dir, m
     assert not leaked, f"real queries among the pseudo-queries: {sorted(leaked)[:3]}"
     corpus = [normalised(t) for column in ("title", "text") for t in dataset.corpus.column(column).to_pylist() if t]
     assert all(any(q in text for text in corpus) for q in pseudo), "a pseudo-query that is not corpus text"
-    assert (result.student_dir / "modules.json").is_file()
-    metrics = result.metrics
+    assert (run.run_dir / "student" / "modules.json").is_file()
     assert set(metrics["metrics"]) == {"teacher", "student"} and metrics["steps"] == 2
-    assert {"query_embedding", "document_embedding", "in_batch_kl"} <= set(result.history[-1])
-    assert all(np.isfinite(result.history[-1][k]) for k in ("loss", "query_embedding", "document_embedding"))  # bf16 forward
+    assert {"query_embedding", "document_embedding", "in_batch_kl"} <= set(history[-1])
+    assert all(np.isfinite(history[-1][k]) for k in ("loss", "query_embedding", "document_embedding"))  # bf16 forward
     assert metrics["num_eval_queries"] == 24
     # The student's nDCG@10, recomputed from the exported student: it retrieves from its own
     # embeddings of the corpus (symmetric), by inner product.
-    exported = ExportedStudent(result.student_dir)
+    exported = ExportedStudent(run.run_dir / "student")
     qids = dataset.split_query_ids("test")
     scores = exported.encode_queries([dataset.query_text[q] for q in qids]) @ exported.encode_documents(dataset.doc_texts).T
     qrels = dataset.qrels("test")
     expected = np.mean([ndcg_at_10(row, dataset.doc_ids, qrels[q]) for q, row in zip(qids, scores)])
     assert metrics["metrics"]["student"]["nDCG@10"] == pytest.approx(expected, abs=1e-6)
     for name in ("metrics.json", "report.md", "loss_curves.png", "metrics.png", "query_cosine.png"):
-        assert (result.run_dir / name).is_file(), name
+        assert (run.run_dir / name).is_file(), name
 
 
 def test_dev_evaluation_uses_held_out_training_queries(tiny_bert_dir, mini_beir, tmp_path):
