@@ -11,7 +11,6 @@ attention mask in, the projected, pooled, normalised query embedding out), check
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from common.onnx_runtime import OnnxUnavailable, export_graph, make_session, quantize_int8, require_onnxruntime, row_cosines
 from common.text_encoder import TextEncoder
 from student_trainer.students import DualEncoderStudent
 
@@ -107,10 +107,6 @@ ONNX_INT8_FILE = "model_int8.onnx"
 ONNX_MIN_COSINE = 0.9999
 
 
-class OnnxUnavailable(RuntimeError):
-    """The ONNX packages are not installed (``pip install 'tightdistill[onnx]'``) or the export failed."""
-
-
 class QueryEncoderGraph(nn.Module):
     """What an exported student computes for a query, as one module of token tensors: the encoder,
     its pooling and normalisation (``TextEncoder.forward``) and the projection into the teacher's space."""
@@ -128,31 +124,19 @@ def export_onnx(student_dir: str | Path, check_texts: list[str], path: str | Pat
     """Export the student's query encoder (token ids -> projected embedding) to ``model.onnx`` in
     ``student_dir`` and check it against torch on ``check_texts``: every text's cosine must be at
     least :data:`ONNX_MIN_COSINE`, else :class:`OnnxUnavailable`. Returns the path and the check."""
-    try:
-        import onnxruntime  # noqa: F401 - checked before the (slow) export
-    except ImportError as exc:
-        raise OnnxUnavailable(f"ONNX export needs the onnx extra ({exc.name} is missing): pip install 'tightdistill[onnx]'") from None
+    require_onnxruntime()  # checked before the (slow) export
     student = ExportedStudent(student_dir)
     graph = QueryEncoderGraph(student).eval()
     path = Path(path) if path is not None else student.path / ONNX_FILE
     enc = student.encoder
     max_length = int(json.loads((student.path / "sentence_bert_config.json").read_text())["max_seq_length"])
     example = enc.collate(enc.tokenize(check_texts[:2], max_length))
-    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's notes on axis names and opsets are not the user's business
-            torch.onnx.export(graph, (example["input_ids"], example["attention_mask"]), str(path),
-                              input_names=["input_ids", "attention_mask"], output_names=["query_embedding"],
-                              dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}},
-                              dynamo=True, external_data=False, verbose=False)
-    except Exception as exc:  # noqa: BLE001 - the exporter fails in many ways; the report says which
-        raise OnnxUnavailable(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}") from exc
+    export_graph(graph, {"input_ids": example["input_ids"], "attention_mask": example["attention_mask"]}, path, ["query_embedding"])
     onnx_student = OnnxStudent(student.path, path)
     with torch.inference_mode():
         ours = np.concatenate([graph(**enc.collate(enc.tokenize([t], max_length))).numpy() for t in check_texts])
     theirs = np.concatenate([onnx_student.encode_queries([t]) for t in check_texts])
-    cos = (ours * theirs).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(theirs, axis=1)).clip(1e-12)
+    cos = row_cosines(ours, theirs)
     check = {"path": str(path), "texts": len(check_texts), "min_cosine": float(cos.min()), "max_abs_diff": float(np.abs(ours - theirs).max())}
     if check["min_cosine"] < ONNX_MIN_COSINE:
         path.unlink(missing_ok=True)  # an export that does not match is no export
@@ -167,17 +151,14 @@ def quantize_onnx_int8(student_dir: str | Path, check_texts: list[str]) -> dict[
     graph on ``check_texts``. Unlike the fp32 export this is not gated on a cosine: int8 changes the
     numbers by design, and what matters is whether the ranking holds (``tightdistill eval --backend
     onnx-int8`` measures that); the cosine is reported so a broken quantisation shows."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     student_dir = Path(student_dir)
     source = student_dir / ONNX_FILE
     if not source.is_file():
         raise OnnxUnavailable(f"{source} does not exist: export the fp32 graph first (tightdistill export --format onnx)")
     target = student_dir / ONNX_INT8_FILE
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
-    fp32 = OnnxStudent(student_dir, source).encode_queries(check_texts)
-    int8 = OnnxStudent(student_dir, target).encode_queries(check_texts)
-    cos = (fp32 * int8).sum(1) / (np.linalg.norm(fp32, axis=1) * np.linalg.norm(int8, axis=1)).clip(1e-12)
+    quantize_int8(source, target)
+    cos = row_cosines(OnnxStudent(student_dir, source).encode_queries(check_texts),
+                      OnnxStudent(student_dir, target).encode_queries(check_texts))
     return {"path": str(target), "texts": len(check_texts), "min_cosine_to_fp32": float(cos.min()),
             "mean_cosine_to_fp32": float(cos.mean()), "bytes": target.stat().st_size, "fp32_bytes": source.stat().st_size}
 
@@ -186,16 +167,12 @@ class OnnxStudent:
     """An exported student's query encoder run by ONNX Runtime (tokenizer from the student directory)."""
 
     def __init__(self, student_dir: str | Path, onnx_path: str | Path | None = None, threads: int | None = None) -> None:
-        import onnxruntime as ort
         from transformers import AutoTokenizer
 
         self.path = Path(student_dir)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
         self.max_length = int(json.loads((self.path / "sentence_bert_config.json").read_text())["max_seq_length"])
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(onnx_path or self.path / ONNX_FILE), options, providers=["CPUExecutionProvider"])
+        self.session = make_session(onnx_path or self.path / ONNX_FILE, threads)
 
     def encode_queries(self, texts: list[str]) -> np.ndarray:
         batch = self.tokenizer(list(texts), truncation=True, max_length=self.max_length, padding=True, return_tensors="np")
