@@ -15,8 +15,20 @@ from teacher_service.schemas import ServiceLimits
 
 
 # TeacherInfo fields added after caches were first keyed on a teacher's description: left out
-# of the key while unset, so a teacher that does not use them keeps the caches it has.
-LATER_INFO_FIELDS = ("joint_dim",)
+# of the key while unset, so a teacher that does not use them keeps the caches it has (a torch
+# teacher reports no ``backend``).
+LATER_INFO_FIELDS = ("joint_dim", "backend")
+
+# What each precision means for the torch backend's weights (``dtype``), and back.
+PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
+DTYPE_PRECISIONS = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+# Why the ONNX backend refuses bf16: ONNX Runtime's CPU execution provider has no bfloat16 kernels
+# for a transformer's MatMul, Add or Softmax (probed with onnxruntime 1.32: a one-node bfloat16
+# graph of each fails to load with NOT_IMPLEMENTED), so bf16 could only be emulated by casts
+# around every node, slower than fp32.
+ONNX_BF16_REFUSAL = ("precision bf16 is not offered by backend onnx: ONNX Runtime's CPU provider has no bfloat16 "
+                     "kernels for a transformer's MatMul, Add and Softmax; use backend torch with precision bf16 "
+                     "(fast on CPUs with AVX512-BF16/AMX), or backend onnx with precision fp32 or int8")
 
 
 def teacher_identity(info: dict[str, Any]) -> dict[str, Any]:
@@ -42,6 +54,15 @@ class TeacherSpec(StrictModel):
     dtype: Literal["float32", "float16", "bfloat16", "auto"] = Field(
         "float32", description="Weights dtype. 'auto': bfloat16 on CPUs with native bf16 (AVX512-BF16, AMX) and on GPUs "
         "that support it, float16 on other GPUs, float32 on other CPUs.")
+    backend: Literal["torch", "onnx", "auto"] = Field(
+        "torch", description="Engine the encoder runs on. 'onnx': ONNX Runtime on the CPU, from a graph exported once from the "
+        "checkpoint and cached (keyed on the weights, the export settings and the package versions). 'auto': the fastest "
+        "engine and precision that reproduces torch float32 (cosine >= 0.999) on this CPU, measured once per checkpoint "
+        "and machine and cached (teacher_service/kinds/backend.py).")
+    precision: Literal["fp32", "bf16", "int8"] | None = Field(
+        None, description="Numeric precision of the backend: fp32; bf16 (torch only, fast where the CPU has AVX512-BF16/AMX); "
+        "int8 (onnx only: dynamic quantisation, int8 weights, activations quantised per batch). Where set it decides "
+        "over dtype. Default: what dtype says (torch), fp32 (onnx), the fastest faithful one (auto).")
     options: dict[str, Any] = Field(default_factory=dict, description="Kind-specific options (pooling, similarity, lengths...).")
     num_replicas: int | Literal["auto"] = Field(1, description="Replicas, or 'auto' with autoscaling_config.")
     autoscaling_config: dict[str, Any] | None = Field(None, description="Ray Serve autoscaling settings (min_replicas, max_replicas, ...).")
@@ -60,6 +81,37 @@ class TeacherSpec(StrictModel):
         if self.autoscaling_config and self.num_replicas != "auto":
             raise ValueError("autoscaling_config needs num_replicas: auto")
         return self
+
+    @model_validator(mode="after")
+    def _backend_and_precision_agree(self) -> TeacherSpec:
+        # dtype's default (float32) and auto never disagree with a precision: precision, where set, decides.
+        dtype_pins = self.dtype not in ("float32", "auto")
+        if self.precision is not None and dtype_pins and PRECISION_DTYPES.get(self.precision) != self.dtype:
+            raise ValueError(f"teacher '{self.name}': precision {self.precision} and dtype {self.dtype} disagree; set only one")
+        wanted = self.requested_precision()
+        if self.backend == "torch" and wanted == "int8":
+            raise ValueError(f"teacher '{self.name}': precision int8 needs backend onnx (ONNX Runtime's dynamic "
+                             "quantisation); the torch backend runs fp32 or bf16")
+        if self.backend == "onnx" and self.device != "cpu":
+            raise ValueError(f"teacher '{self.name}': backend onnx runs on ONNX Runtime's CPU provider; got device "
+                             f"'{self.device}' (use backend torch on a GPU)")
+        if self.backend != "torch" and self.dtype == "float16":
+            raise ValueError(f"teacher '{self.name}': dtype float16 is the torch backend's (GPUs); with backend "
+                             f"{self.backend} set precision instead")
+        if self.backend == "onnx" and wanted == "bf16":
+            raise ValueError(f"teacher '{self.name}': {ONNX_BF16_REFUSAL}")
+        return self
+
+    def requested_precision(self) -> str | None:
+        """The precision this spec pins: ``precision``; else, for torch, its ``dtype`` (``None`` for
+        ``dtype: auto``); else fp32 for onnx; ``None`` (free) for auto, unless ``dtype`` names a
+        precision other than its float32 default. A spec re-validated from its own dump (as a Serve
+        replica receives it) pins the same precision."""
+        if self.precision is not None:
+            return self.precision
+        if self.backend == "torch" or self.dtype not in ("float32", "auto"):
+            return None if self.dtype == "auto" else DTYPE_PRECISIONS[self.dtype]
+        return "fp32" if self.backend == "onnx" else None
 
     def deployment_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {

@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from common.batching import default_token_budget
 from common.model_registry import checkpoint_fingerprint, resolve_model
 from teacher_service.errors import UnsupportedSignal
+from teacher_service.kinds.backend import Backend, GraphOutputs, OnnxEncoder, onnx_encoder
 from teacher_service.schemas import AnyRequest, EncodeRequest, Role, ScoreRequest, SignalsRequest
 
 Arrays = dict[str, np.ndarray]
@@ -111,6 +112,8 @@ class TeacherInfo(BaseModel):
     max_matrix_pairs: int | None = Field(None, description="Largest matrix (queries x documents) accepted, where capped.")
     parameters: int | None = Field(None, description="Number of model parameters.")
     dtype: str = Field("float32", description="Dtype the teacher computes in (part of what determines its embeddings).")
+    backend: str | None = Field(None, description="Engine and precision where not torch ('onnx-fp32', 'onnx-int8'): "
+                                "part of what determines its outputs.")
     fingerprint: str | None = Field(None, description=(
         "Hash of the checkpoint's files and the kind options that change outputs (prefixes, pooling, "
         "normalisation, lengths...): caches of this teacher's outputs are keyed on it."))
@@ -140,9 +143,11 @@ class Teacher(ABC):
     signals_offered: ClassVar[tuple[str, ...]]
 
     def __init__(self, name: str, checkpoint: str, options: Any = None, device: str = "cpu",
-                 token_budget: int | None = None, dtype: str = "float32") -> None:
+                 token_budget: int | None = None, dtype: str = "float32", backend: Backend | None = None) -> None:
         self.name = name
         self.dtype = dtype  # the weights dtype, resolved ("auto" never reaches a teacher)
+        self.backend = backend or Backend()
+        self.backend_choice: dict[str, Any] | None = None  # backend auto's decision record, where it chose
         self.checkpoint = checkpoint
         self.options = options
         self.device = torch.device(device)
@@ -159,6 +164,8 @@ class Teacher(ABC):
         info = self._info()
         info.parameters = self.parameter_count()
         info.dtype = self.dtype
+        # Left unset for torch, so a torch teacher's description (and the caches keyed on it) stays as it was.
+        info.backend = None if self.backend.engine == "torch" else self.backend.label
         info.fingerprint = self.fingerprint()
         return info
 
@@ -174,14 +181,31 @@ class Teacher(ABC):
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def parameter_count(self) -> int:
-        """Parameters of every torch module this teacher holds (each counted once)."""
+        """Parameters of every torch module this teacher holds (each counted once), and of the
+        models its ONNX encoders replaced."""
         seen: dict[int, int] = {}
         for value in vars(self).values():
             if isinstance(value, torch.nn.Module):
                 seen.update((id(p), p.numel()) for p in value.parameters())
+                seen.update((id(m), m.source_parameters) for m in value.modules() if isinstance(m, OnnxEncoder))
             elif isinstance(value, torch.Tensor):
                 seen[id(value)] = value.numel()
         return sum(seen.values())
+
+    def on_backend(self, model: torch.nn.Module, outputs: GraphOutputs = "hidden_states",
+                   token_types: bool = False) -> torch.nn.Module:
+        """The encoder a kind runs: ``model`` itself on torch, or its ONNX Runtime stand-in (called
+        the same way) on onnx. ``outputs`` says what the kind reads from it (final hidden states,
+        or a [CLS] cross-encoder's logits and [CLS] state); ``token_types``, whether it is fed
+        segment ids (pairs)."""
+        if self.backend.engine == "torch":
+            return model
+        return onnx_encoder(model, self.weights_fingerprint, self.backend.precision, outputs, token_types)
+
+    def calibration_outputs(self, texts: list[str]) -> np.ndarray:
+        """One row per text of what this teacher computes (``backend: auto`` times candidate
+        backends on it and compares their rows): pooled document embeddings by default."""
+        return self.encode(texts, "document").pooled
 
     # --- primitives: default to "not this kind" ------------------------------------------------
     def encode(self, texts: list[str], role: Role, with_tokens: bool = False) -> Encoded:

@@ -35,6 +35,7 @@ from common.config import StrictModel
 from common.model_registry import resolve_model
 from common.scoring import maxsim_matrix, maxsim_pairs
 from common.text_encoder import DTYPES, pad_token_ids
+from teacher_service.kinds.backend import Backend
 from teacher_service.kinds.base import Encoded, RepresentationTeacher, TeacherInfo
 from teacher_service.schemas import Role
 
@@ -134,14 +135,15 @@ class ColBERTTeacher(RepresentationTeacher):
     Options = ColBERTOptions
 
     def __init__(self, name: str, checkpoint: str, options: ColBERTOptions, device: str = "cpu",
-                 dtype: str = "float32", token_budget: int | None = None) -> None:
-        super().__init__(name, checkpoint, options, device, token_budget, dtype)
+                 dtype: str = "float32", token_budget: int | None = None, backend: Backend | None = None) -> None:
+        super().__init__(name, checkpoint, options, device, token_budget, dtype, backend)
         model_dir = resolve_model(checkpoint)
         meta = read_metadata(model_dir)
         if meta.get("similarity", "cosine") != "cosine":
             raise ValueError(f"teacher '{name}': {model_dir / METADATA_FILE} declares similarity "
                              f"'{meta['similarity']}'; only ColBERT's default 'cosine' MaxSim is supported")
-        self.encoder = load_base_model(model_dir, dtype, unused=(rf"^{LINEAR_KEY}$",)).to(self.device).eval()
+        # The projection and MaxSim stay in torch; only the encoder's pass moves to the backend.
+        self.encoder = self.on_backend(load_base_model(model_dir, dtype, unused=(rf"^{LINEAR_KEY}$",)).to(self.device).eval())
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
         linear = read_checkpoint_tensor(model_dir, LINEAR_KEY)

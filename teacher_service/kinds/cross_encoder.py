@@ -33,6 +33,7 @@ from common.config import StrictModel
 from common.model_registry import resolve_model
 from common.text_encoder import DTYPES
 from teacher_service.errors import RequestTooLarge
+from teacher_service.kinds.backend import Backend
 from teacher_service.kinds.base import Arrays, PairOutput, Primitives, Teacher, TeacherInfo
 from teacher_service.kinds.colbert import load_base_model
 from teacher_service.schemas import EncodeRequest, ScoreRequest, SignalsRequest
@@ -100,8 +101,8 @@ class CrossEncoderTeacher(Teacher):
     Options = CrossEncoderOptions
 
     def __init__(self, name: str, checkpoint: str, options: CrossEncoderOptions, device: str = "cpu",
-                 dtype: str = "float32", token_budget: int | None = None) -> None:
-        super().__init__(name, checkpoint, options, device, token_budget, dtype)
+                 dtype: str = "float32", token_budget: int | None = None, backend: Backend | None = None) -> None:
+        super().__init__(name, checkpoint, options, device, token_budget, dtype, backend)
         model_dir = resolve_model(checkpoint)
         meta = read_ce_meta(model_dir)
         self.pooling: Pooling = options.pooling or meta.get("pooling", "cls")
@@ -110,20 +111,23 @@ class CrossEncoderTeacher(Teacher):
                              f"expected one of cls, {', '.join(DUAL_POOLINGS)}")
         self.score_scale = float(options.score_scale if options.score_scale is not None else meta.get("score_scale", 1.0))
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        token_types = "token_type_ids" in self.tokenizer.model_input_names
         if self.dual:
             # Dual pooling scores from the final token states only: the base encoder is all it needs,
             # and a *ForSequenceClassification checkpoint's head (or a training-time token
             # reconstruction head) is dropped.
-            self.model = load_base_model(model_dir, dtype, unused=UNUSED_HEADS)
+            self.model = self.on_backend(load_base_model(model_dir, dtype, unused=UNUSED_HEADS), token_types=token_types)
         else:
-            self.model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=DTYPES[dtype])
-            if self.model.config.num_labels != 1:
+            model = AutoModelForSequenceClassification.from_pretrained(model_dir, dtype=DTYPES[dtype])
+            if model.config.num_labels != 1:
                 raise ValueError(f"teacher '{name}': a [CLS]-pooled cross-encoder needs num_labels=1 (one relevance "
-                                 f"logit), {model_dir} has {self.model.config.num_labels}")
+                                 f"logit), {model_dir} has {model.config.num_labels}")
             # The joint embedding is the encoder's final [CLS] state, the one the scoring head reads;
-            # a hook keeps that one view (output_hidden_states would keep every layer's states).
+            # in torch a hook keeps that one view (output_hidden_states would keep every layer's
+            # states); an ONNX graph returns it beside the logits.
             self._cls_state = threading.local()
-            self.model.base_model.register_forward_hook(self._keep_cls_state)
+            model.base_model.register_forward_hook(self._keep_cls_state)
+            self.model = self.on_backend(model, outputs="classifier", token_types=token_types)
         self.model.to(self.device).eval()
         limit = self.tokenizer.model_max_length
         self.max_length = options.max_length or (limit if limit and limit <= DEFAULT_MAX_LENGTH else DEFAULT_MAX_LENGTH)
@@ -167,9 +171,11 @@ class CrossEncoderTeacher(Teacher):
             batch = self.tokenizer.pad({key: [enc[key][i] for i in index] for key in enc.keys()}, return_tensors="pt")
             batch = {key: value.to(self.device) for key, value in batch.items()}
             if not self.dual:
-                scores[index] = self.model(**batch).logits[:, 0].float().cpu().numpy()
+                out = self.model(**batch)
+                scores[index] = out.logits[:, 0].float().cpu().numpy()
                 if joint is not None:
-                    joint[index] = self._cls_state.value.float().cpu().numpy()
+                    state = getattr(out, "cls_state", None)  # the ONNX graph's output, else the torch hook's
+                    joint[index] = (self._cls_state.value if state is None else state).float().cpu().numpy()
                 continue
             emb_q, emb_d = self._dual_pool(batch)
             scores[index] = (self.score_scale * (emb_q * emb_d).sum(-1)).float().cpu().numpy()
@@ -177,6 +183,13 @@ class CrossEncoderTeacher(Teacher):
                 q_proxy[index] = emb_q.float().cpu().numpy()
                 d_proxy[index] = emb_d.float().cpu().numpy()
         return PairOutput(scores, q_proxy, d_proxy, joint)
+
+    def calibration_outputs(self, texts: list[str]) -> np.ndarray:
+        """Each text paired with another: the pairs' proxies (dual-pooled) or joint [CLS] states,
+        with the score as a last column (what ``backend: auto`` compares backends on)."""
+        out = self.forward_pairs(texts, texts[::-1], with_embeddings=True)
+        parts = [out.query_proxy, out.document_proxy] if self.dual else [out.joint]
+        return np.concatenate([*parts, out.scores[:, None]], axis=1)
 
     def _keep_cls_state(self, module: torch.nn.Module, args: tuple, output: tuple) -> None:
         self._cls_state.value = output[0][:, 0]  # per thread: a batch's own forward pass sets it

@@ -11,6 +11,7 @@ from pydantic import Field
 from common.config import StrictModel
 from common.scoring import similarity_fns
 from common.text_encoder import TextEncoder
+from teacher_service.kinds.backend import Backend
 from teacher_service.kinds.base import Encoded, RepresentationTeacher, TeacherInfo
 from teacher_service.schemas import Role
 
@@ -31,12 +32,14 @@ class DualEncoderTeacher(RepresentationTeacher):
     Options = DualEncoderOptions
 
     def __init__(self, name: str, checkpoint: str, options: DualEncoderOptions, device: str = "cpu",
-                 dtype: str = "float32", token_budget: int | None = None) -> None:
-        super().__init__(name, checkpoint, options, device, token_budget, dtype)
+                 dtype: str = "float32", token_budget: int | None = None, backend: Backend | None = None) -> None:
+        super().__init__(name, checkpoint, options, device, token_budget, dtype, backend)
         self.encoder = TextEncoder.from_pretrained(
             checkpoint, pooling=options.pooling, normalize=options.normalize,
             max_length=options.max_document_length, device=device, dtype=dtype,
         ).eval()
+        # Tokenising, length-sorted batching and pooling stay TextEncoder's; only the forward pass moves.
+        self.encoder.model = self.on_backend(self.encoder.model)
         self._matrix, self._pairs = similarity_fns(options.similarity)
 
     def _info(self) -> TeacherInfo:
