@@ -115,6 +115,42 @@ def secure_app(http_port: int, tiny_bert_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="session")
+def pair_checkpoints(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> dict[str, Path]:
+    """Tiny teachers that score pairs, in their on-disk layouts (tiny_checkpoints.py)."""
+    from tiny_checkpoints import DUAL_META, save_colbert_checkpoint, save_cross_encoder
+
+    root = tmp_path_factory.mktemp("pair-checkpoints")
+    return {
+        "colbert": save_colbert_checkpoint(root / "colbert", minilm_dir),
+        "ce": save_cross_encoder(root / "ce", minilm_dir),
+        "ce-dual": save_cross_encoder(root / "ce-dual", minilm_dir, seed=3, ce_meta=DUAL_META),
+    }
+
+
+@pytest.fixture(scope="session")
+def pair_app(http_port: int, pair_checkpoints: dict[str, Path]) -> dict:
+    """One app ('pair-teachers') of the teachers that score pairs, for the tests of these kinds
+    through the service and of the students distilled from them: ColBERT (tiny, and zero-shot on
+    the real all-MiniLM-L6-v2 weights), a [CLS]-pooled cross-encoder twice (as "ce" with a small
+    max_matrix_pairs, as "ce-cls" without) and a dual-pooled one."""
+    from teacher_service.app import deploy
+    from teacher_service.spec import ServiceConfig
+
+    common = {"ray_actor_options": {"num_cpus": 0.25}, "batch_wait_timeout_s": 0.05}
+    config = ServiceConfig.model_validate({"teachers": [
+        {"name": "colbert", "kind": "colbert", "checkpoint": str(pair_checkpoints["colbert"]), **common},
+        {"name": "colbert-minilm", "kind": "colbert", "checkpoint": "minilm-l6", "options": {"zero_shot": True}, **common},
+        {"name": "ce", "kind": "cross_encoder", "checkpoint": str(pair_checkpoints["ce"]), "options": {"max_matrix_pairs": 12},
+         **common},
+        {"name": "ce-cls", "kind": "cross_encoder", "checkpoint": str(pair_checkpoints["ce"]), **common},
+        {"name": "ce-dual", "kind": "cross_encoder", "checkpoint": str(pair_checkpoints["ce-dual"]), **common},
+    ]})
+    deploy(config, app_name="pair-teachers", route_prefix="/pair-teachers",
+           http_options={"host": "127.0.0.1", "port": http_port})
+    return {"url": f"http://127.0.0.1:{http_port}/pair-teachers", "config": config, "app_name": "pair-teachers"}
+
+
+@pytest.fixture(scope="session")
 def mini_beir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small real BEIR folder cut from scifact: 64 train and 24 test queries, their relevant
     documents plus 200 others, texts shortened (tests train on it in seconds)."""

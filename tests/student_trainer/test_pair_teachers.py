@@ -23,26 +23,8 @@ from student_trainer.config import RunConfig
 from student_trainer.run import eval_queries, run_distillation
 from student_trainer.teacher_signals import TeacherSignalSource, TrainBatch
 from teacher_service.client import TeacherClient
-from tiny_checkpoints import DUAL_META, save_colbert_checkpoint, save_cross_encoder
 
-APP = "pair-teachers"
-
-
-@pytest.fixture(scope="module")
-def pair_app(http_port: int, tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> str:
-    from teacher_service.app import deploy
-    from teacher_service.spec import ServiceConfig
-
-    root = tmp_path_factory.mktemp("pair-teachers")
-    common = {"ray_actor_options": {"num_cpus": 0.25}, "batch_wait_timeout_s": 0.02}
-    config = ServiceConfig.model_validate({"teachers": [
-        {"name": "ce-cls", "kind": "cross_encoder", "checkpoint": str(save_cross_encoder(root / "ce", minilm_dir)), **common},
-        {"name": "ce-dual", "kind": "cross_encoder",
-         "checkpoint": str(save_cross_encoder(root / "ce-dual", minilm_dir, seed=3, ce_meta=DUAL_META)), **common},
-        {"name": "colbert", "kind": "colbert", "checkpoint": str(save_colbert_checkpoint(root / "colbert", minilm_dir)), **common},
-    ]})
-    deploy(config, app_name=APP, route_prefix="/pair-teachers", http_options={"host": "127.0.0.1", "port": http_port})
-    return APP
+APP = "pair-teachers"  # conftest.py's pair_app: ce-cls, ce-dual and colbert among its teachers
 
 
 def pair_run(tmp_path: Path, tiny_bert_dir: Path, dataset: Path, teacher: str, **sections) -> RunConfig:

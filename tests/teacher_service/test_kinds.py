@@ -25,10 +25,10 @@ from teacher_service.client import TeacherClient
 from teacher_service.errors import RequestTooLarge, UnsupportedSignal
 from teacher_service.kinds import build_teacher
 from teacher_service.schemas import parse_request
-from teacher_service.spec import ServiceConfig, TeacherSpec
-from tiny_checkpoints import DUAL_META, save_colbert_checkpoint, save_cross_encoder
+from teacher_service.spec import TeacherSpec
+from tiny_checkpoints import DUAL_META
 
-APP = "kinds"
+APP = "pair-teachers"  # conftest.py's pair_app
 QUERIES = ["how are glacier caves formed?", "what do vaccines do", "who wrote hamlet"]
 DOCS = [
     "A glacier cave is a cave formed within the ice of a glacier.",
@@ -40,30 +40,15 @@ DOCS = [
 ]
 
 
-# --- the service -------------------------------------------------------------------------------
+# --- the service: the session's app of pair-scoring teachers (conftest.py's pair_app) -----------
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("kinds")
-    return {
-        "colbert": save_colbert_checkpoint(root / "colbert", minilm_dir),
-        "ce": save_cross_encoder(root / "ce", minilm_dir),
-        "ce-dual": save_cross_encoder(root / "ce-dual", minilm_dir, seed=3, ce_meta=DUAL_META),
-    }
+def checkpoints(pair_checkpoints: dict[str, Path]) -> dict[str, Path]:
+    return pair_checkpoints
 
 
 @pytest.fixture(scope="module")
-def kinds_app(http_port: int, checkpoints: dict[str, Path]) -> dict:
-    from teacher_service.app import deploy
-
-    common = {"ray_actor_options": {"num_cpus": 0.25}, "batch_wait_timeout_s": 0.05}
-    config = ServiceConfig.model_validate({"teachers": [
-        {"name": "colbert", "kind": "colbert", "checkpoint": str(checkpoints["colbert"]), **common},
-        {"name": "colbert-minilm", "kind": "colbert", "checkpoint": "minilm-l6", "options": {"zero_shot": True}, **common},
-        {"name": "ce", "kind": "cross_encoder", "checkpoint": str(checkpoints["ce"]), "options": {"max_matrix_pairs": 12}, **common},
-        {"name": "ce-dual", "kind": "cross_encoder", "checkpoint": str(checkpoints["ce-dual"]), **common},
-    ]})
-    deploy(config, app_name=APP, route_prefix="/kinds", http_options={"host": "127.0.0.1", "port": http_port})
-    return {"url": f"http://127.0.0.1:{http_port}/kinds", "config": config}
+def kinds_app(pair_app: dict) -> dict:
+    return pair_app
 
 
 @pytest.fixture(scope="module")
