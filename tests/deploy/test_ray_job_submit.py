@@ -59,7 +59,9 @@ def head_node():
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     pass
-            time.sleep(2)
+            deadline = time.monotonic() + 2  # up to 2 s to exit, as long as any is left
+            while cluster_pids(temp_dir) and time.monotonic() < deadline:
+                time.sleep(0.1)
 
 
 def test_ray_job_submit_trains_against_a_head_node(head_node, tiny_bert_dir, mini_beir, tmp_path):
