@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import tempfile
 from pathlib import Path
 
@@ -25,16 +24,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # is awaited at the next one, as with the default. Set before Ray starts, so its actors inherit it.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
-from tiny_checkpoints import save_tiny_bert  # noqa: E402 - after the environment above
+from net import free_port  # noqa: E402 - after the environment above
+from tiny_checkpoints import save_tiny_bert  # noqa: E402
 
 TEST_TOKEN_ENV = "TIGHTDISTILL_TEST_TOKEN"
 TEST_TOKEN = "s3cret-test-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
