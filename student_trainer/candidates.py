@@ -62,15 +62,16 @@ class CandidateBuilder:
 
     def build(self, queries: list[str], teacher_query_emb: np.ndarray, student_query_emb: torch.Tensor | None) -> CandidateLists:
         B = len(queries)
-        ids = self.doc_index.top_k_ids(teacher_query_emb[:B], self.top_k)
+        k = min(self.top_k, len(self.doc_index.ids))  # a corpus smaller than top_k: all of it
+        ids = self.doc_index.top_k_ids(teacher_query_emb[:B], k)
         share = 0.0
         if self.student_candidates and student_query_emb is not None:
             mine = self.doc_index.top_k_ids(student_query_emb[:B].detach().float().cpu().numpy(),
-                                            self.top_k + self.student_candidates)
-            merged = [merge_candidates(t, s, self.top_k, self.student_candidates) for t, s in zip(ids, mine)]
-            share = float(np.mean([len(set(m) - set(t)) for m, t in zip(merged, ids)])) / self.top_k
+                                            min(k + self.student_candidates, len(self.doc_index.ids)))
+            merged = [merge_candidates(t, s, k, self.student_candidates) for t, s in zip(ids, mine)]
+            share = float(np.mean([len(set(m) - set(t)) for m, t in zip(merged, ids)])) / k
             ids = merged
-        emb = as_tensor(self.doc_index.lookup([d for row in ids for d in row]).reshape(B, self.top_k, -1))
+        emb = as_tensor(self.doc_index.lookup([d for row in ids for d in row]).reshape(B, k, -1))
         scores = None
         if self.scored_by_service:
             texts = [[self.corpus[d] for d in row] for row in ids]

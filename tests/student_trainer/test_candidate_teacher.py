@@ -100,3 +100,27 @@ def test_a_run_learns_from_the_ensembles_ranking_of_the_candidates(teacher_app, 
     assert last["step"] == 2
     assert last["candidate_kl"] > 0 and last["candidates/wait_s"] > 0
     assert 0 < last["candidates/student_share"] <= 3 / 8  # the untrained student picks documents the teacher did not
+
+
+def test_a_corpus_smaller_than_top_k_gives_all_of_it_as_candidates():
+    """adapt's small corpora: 5 documents, top_k 8; a single DE ranks them itself (no service call)."""
+    from types import SimpleNamespace
+
+    from student_trainer.teacher_index import DocEmbeddings
+
+    rng = np.random.default_rng(1)
+    index = DocEmbeddings([f"d{i}" for i in range(5)], rng.standard_normal((5, 4)).astype(np.float32))
+    builder = CandidateBuilder(index, SimpleNamespace(is_ensemble=False), top_k=8, student_candidates=2)
+    q = rng.standard_normal((3, 4)).astype(np.float32)
+    lists = builder.build(["a", "b", "c"], q, torch.from_numpy(q))
+    assert lists.doc_emb.shape == (3, 5, 4) and lists.teacher_scores is None
+    assert all(sorted(row) == sorted(index.ids) for row in lists.ids)
+    assert float(CandidateKLLoss(top_k=8)(_batch_for(lists, q))) == pytest.approx(0.0, abs=1e-6)  # the student is the teacher
+
+
+def _batch_for(lists, q: np.ndarray):
+    from student_trainer.losses import DistillBatch
+
+    t = torch.from_numpy(q)
+    return DistillBatch(student_scores=torch.zeros(3, 3), labels=DistillBatch.layout_labels(3, 0), num_negatives=0,
+                        student_query_emb=t, teacher_query_emb=t, candidate_doc_emb=lists.doc_emb)
