@@ -19,8 +19,8 @@ from pydantic import ValidationError
 import common.onnx_runtime as onnx_runtime
 from common.model_registry import cache_dir
 from common.onnx_runtime import row_cosines
-from teacher_service.kinds import build_teacher
-from teacher_service.kinds.backend import OnnxEncoder, calibration_texts
+from teacher_service.kinds import ONNX_KINDS, build_teacher
+from teacher_service.kinds.backend import OnnxEncoder, auto_candidates, calibration_texts
 from teacher_service.spec import ServiceConfig, TeacherSpec
 from tiny_checkpoints import DUAL_META, save_cross_encoder
 
@@ -99,8 +99,8 @@ def test_auto_measures_once_and_keeps_its_decision(tiny_bert_dir):
     mtime = path.stat().st_mtime_ns
     build_teacher(spec(tiny_bert_dir, backend="auto"))  # a second start reads the decision
     assert path.stat().st_mtime_ns == mtime
-    pinned = build_teacher(spec(tiny_bert_dir, backend="auto", precision="fp32"))  # fp32 forced: only fp32 candidates
-    assert pinned.dtype == "float32"
+    forced = auto_candidates(spec(tiny_bert_dir, backend="auto", precision="fp32"), ONNX_KINDS, record["weights"])
+    assert [c.label for c in forced] == ["torch-fp32", "onnx-fp32"]  # fp32 forced on a bf16 CPU: only fp32 candidates
 
 
 @pytest.mark.parametrize(("fields", "message"), [
