@@ -37,6 +37,7 @@ from common.config import ConfigError, StrictModel, load_config
 from common.evaluation import STUDENT_RETRIEVAL
 from common.provenance import code_commit
 from student_trainer.config import RunConfig, load_run_config
+from student_trainer.teacher_reranking import TeacherEvaluation
 
 TABLE_METRICS = ("nDCG@10", "MRR@10", "R@100")
 # How closely the student follows its teacher on the test queries (common.agreement), where the
@@ -75,6 +76,10 @@ class ExperimentConfig(StrictModel):
     seeds: list[int] = Field(default_factory=lambda: [13], min_length=1)
     set: dict[str, Any] = Field(default_factory=dict, description="Dotted overrides shared by every run.")
     rows: list[ExperimentRow] = Field(min_length=1)
+    teacher_evaluations: list[TeacherEvaluation] = Field(
+        default_factory=list,
+        description="Stronger (pair-scoring) teachers whose re-ranking of the DE's top documents each dataset's table shows "
+                    "beside the DE: what the students could gain (student_trainer/teacher_reranking.py).")
 
     @model_validator(mode="after")
     def _unique_rows(self) -> ExperimentConfig:
@@ -231,6 +236,28 @@ def carry_over(previous: dict[str, Any], table: dict[str, Any], experiment: Expe
     return dropped
 
 
+def add_teacher_reranking(experiment: ExperimentConfig, table: dict[str, Any], runs: dict[str, RunConfig],
+                          old_tables: dict[str, Any], address: str | None) -> None:
+    """Each dataset's ``rerankers``: the experiment's ``teacher_evaluations``, read from their store
+    beside the runs or measured once through the runs' teacher app (a minute or two: the queries'
+    candidates only). A measurement that fails leaves the previous table's figures, if any, and the
+    table is still written: the finished runs in it are what matters."""
+    from student_trainer.teacher_reranking import rerank_figures
+
+    if not experiment.teacher_evaluations:
+        return
+    for dataset, block in table.items():
+        if dataset not in runs:  # a dataset the file no longer lists, carried in an old table
+            continue
+        store = experiment.output_dir / f"{experiment.name}-{Path(dataset).name}-teacher-reranking.json"
+        try:
+            block["rerankers"] = rerank_figures(runs[dataset], experiment.teacher_evaluations, store, address)
+        except Exception as error:  # noqa: BLE001 - reported, and the table of finished runs is written regardless
+            print(f"teacher re-ranking on {dataset} not measured ({type(error).__name__}: {error})", file=sys.stderr, flush=True)
+            if "rerankers" in old_tables.get(dataset, {}):
+                block["rerankers"] = old_tables[dataset]["rerankers"]
+
+
 def _teacher_name(metrics: dict[str, Any]) -> str:
     return metrics.get("teacher", {}).get("name", "teacher")
 
@@ -265,6 +292,13 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
             cells = [f"teacher {name}" if several else "teacher"] + ([name] if several else [])
             cells += [f"{t['nDCG@10']:.3f}", f"{t['MRR@10']:.3f}", f"{t['R@100']:.3f}", "1.000"]
             lines.append("| " + " | ".join(cells + ["-"] * len(optional) + ["-", "-"]) + " |")
+        de = next(iter(block["teachers"].values()), None)
+        for label, m in block.get("rerankers", {}).items():
+            # Retained against the DE teacher: above 1 is what a student of this teacher could gain.
+            cells = [f"teacher {label}"] + (["-"] if several else [])
+            cells += [f"{m['nDCG@10']:.3f}", f"{m['MRR@10']:.3f}", f"{m['R@100']:.3f}",
+                      f"{m['nDCG@10'] / de['nDCG@10']:.3f}" if de else "-"]
+            lines.append("| " + " | ".join(cells + ["-"] * len(optional) + ["-", "-"]) + " |")
         for e in block["rows"]:
             label = f"{e['row']}: {e['description']}" if e["description"] else e["row"]
             label += " (carried over)" if e.get("carried") else ""
@@ -273,6 +307,9 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
             cells += [_cell(e.get(key)) for key in optional] + [str(e["steps"]), _cell(e["train_s"], 0)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        if block.get("rerankers"):
+            lines += ["Teacher lines that re-rank: the pair-scoring teacher re-orders the DE teacher's first stage; their "
+                      "'retained' is against the DE, so above 1 is what a student of that teacher could gain.", ""]
         lines += _agreement_table(block["rows"])
     commits: dict[str, list[str]] = {}
     for block in table.values():
@@ -339,12 +376,14 @@ def run_experiment(experiment: ExperimentConfig, argv: list[str], only: list[str
     table = collect_rows(experiment, results)
     experiment.results_dir.mkdir(parents=True, exist_ok=True)
     previous = experiment.results_dir / f"{experiment.name}.json"
-    if previous.is_file():
-        dropped = carry_over(json.loads(previous.read_text()).get("tables", {}), table, experiment,
+    old_tables = json.loads(previous.read_text()).get("tables", {}) if previous.is_file() else {}
+    if old_tables:
+        dropped = carry_over(old_tables, table, experiment,
                              {(r.name, d) for r, d, *_ in planned}, {(r.name, d): config_digest(run) for r, d, _, run in everything})
         if dropped:
             print(f"not carried from the previous table (trained with another config of the row): {', '.join(dropped)}",
                   file=sys.stderr, flush=True)
+    add_teacher_reranking(experiment, table, {d: run for _, d, _, run in everything}, old_tables, address)
     out = {"experiment": experiment.name, **meta, "tables": table}
     previous.write_text(json.dumps(out, indent=2))
     (experiment.results_dir / f"{experiment.name}.md").write_text(render_markdown(experiment, table, meta))
