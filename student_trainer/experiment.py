@@ -236,6 +236,26 @@ def carry_over(previous: dict[str, Any], table: dict[str, Any], experiment: Expe
     return dropped
 
 
+def run_setting(run: RunConfig) -> str:
+    """What a row's student learned from, in a few words: labels or not, layers, whose scores."""
+    if run.data.train_split is not None:
+        labels = "labels"
+    else:
+        labels = "no labels, query log" if run.data.query_log else "no labels"
+    layers = "all layers" if run.student.num_layers is None else f"{run.student.num_layers} layer{'s' * (run.student.num_layers > 1)}"
+    scorers = [m.name for m in run.teacher.members() if m.weight > 0]
+    return f"{labels}; {layers}; teacher scores: {' + '.join(scorers)}"
+
+
+def add_settings(table: dict[str, Any], everything: list) -> None:
+    """Every row's ``setting`` (:func:`run_setting`), carried rows included: they were trained with
+    today's config of their row (``carry_over`` checks the digest)."""
+    settings = {(row.name, dataset): run_setting(run) for row, dataset, _, run in everything}
+    for dataset, block in table.items():
+        for entry in block["rows"]:
+            entry["setting"] = settings.get((entry["row"], dataset), entry.get("setting"))
+
+
 def add_teacher_reranking(experiment: ExperimentConfig, table: dict[str, Any], runs: dict[str, RunConfig],
                           old_tables: dict[str, Any], address: str | None) -> None:
     """Each dataset's ``rerankers``: the experiment's ``teacher_evaluations``, read from their store
@@ -285,7 +305,11 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
         several = len(block["teachers"]) > 1
         optional = [key for key in OPTIONAL_COLUMNS if any(key in e for e in block["rows"])]
         head = ["row"] + (["teacher"] if several else []) + ["nDCG@10", "MRR@10", "R@100", "retained (nDCG@10)"]
-        head += [OPTIONAL_COLUMNS[key] for key in optional] + ["steps", "train wall (s)"]
+        head += [OPTIONAL_COLUMNS[key] for key in optional]
+        if any(e.get("setting") for e in block["rows"]):
+            optional.append("setting")
+            head.append("student learned from")
+        head += ["steps", "train wall (s)"]
         lines += [f"## {dataset} ({block.get('split', 'test')}{how})", "", "| " + " | ".join(head) + " |",
                   "|" + " --- |" * len(head)]
         for name, t in block["teachers"].items():
@@ -304,7 +328,8 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
             label += " (carried over)" if e.get("carried") else ""
             cells = [label] + ([e.get("teacher", "-")] if several else [])
             cells += [_cell(e["nDCG@10"]), _cell(e["MRR@10"]), _cell(e["R@100"]), _cell(e["retained"])]
-            cells += [_cell(e.get(key)) for key in optional] + [str(e["steps"]), _cell(e["train_s"], 0)]
+            cells += [e.get(key) or "-" if key == "setting" else _cell(e.get(key)) for key in optional]
+            cells += [str(e["steps"]), _cell(e["train_s"], 0)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         if block.get("rerankers"):
@@ -383,6 +408,7 @@ def run_experiment(experiment: ExperimentConfig, argv: list[str], only: list[str
         if dropped:
             print(f"not carried from the previous table (trained with another config of the row): {', '.join(dropped)}",
                   file=sys.stderr, flush=True)
+    add_settings(table, everything)
     add_teacher_reranking(experiment, table, {d: run for _, d, _, run in everything}, old_tables, address)
     out = {"experiment": experiment.name, **meta, "tables": table}
     previous.write_text(json.dumps(out, indent=2))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from common.datasets import load_beir
-from student_trainer.experiment import ExperimentConfig, render_markdown
+from student_trainer.experiment import ExperimentConfig, add_settings, render_markdown
 from student_trainer.teacher_reranking import TeacherEvaluation, measure_reranking
 from teacher_service.client import TeacherClient
 from teacher_service.kinds import build_teacher
@@ -37,12 +37,22 @@ def test_the_pair_scorer_reorders_exactly_the_first_stages_top_documents(tiny_be
     assert ev.mode == "rerank" and 0.0 <= ev.report.aggregate["nDCG@10"] <= 1.0
 
 
-def test_the_table_prints_the_rerankers_beside_the_de(tmp_path):
+def test_the_table_prints_the_rerankers_beside_the_de_and_what_each_student_learned_from():
     experiment = ExperimentConfig.model_validate({
-        "name": "t", "base": "deploy/label-free.yaml", "rows": [{"name": "de"}],
-        "teacher_evaluations": [{"teacher": "colbert-minilm"}]})
+        "name": "t", "base": "deploy/label-free.yaml", "datasets": ["scifact"], "teacher_evaluations": [{"teacher": "colbert-minilm"}],
+        "rows": [{"name": "de"},
+                 {"name": "colbert", "set": {"teacher.teachers": [{"name": "minilm", "weight": 0.0}, "colbert-minilm"],
+                                             "student.num_layers": 1}},
+                 {"name": "labelled", "set": {"data.train_split": "train", "teacher.teacher": "mpnet"}}]})
     figures = {"nDCG@10": 0.5, "MRR@10": 0.4, "R@100": 0.9}
-    table = {"scifact": {"teachers": {"minilm": figures}, "split": "test", "rows": [],
+    stat = {"mean": 0.5, "std": 0.0, "n": 1}
+    rows = [{"row": r, "description": "", "nDCG@10": stat, "MRR@10": stat, "R@100": stat, "retained": stat,
+             "steps": 10, "train_s": stat} for r in ("de", "colbert", "labelled")]
+    table = {"scifact": {"teachers": {"minilm": figures}, "split": "test", "rows": rows,
                          "rerankers": {"colbert-minilm re-ranking minilm's top 100": {**figures, "nDCG@10": 0.55}}}}
+    add_settings(table, experiment.runs())
     text = render_markdown(experiment, table, {"command": "c", "commit": "x", "date": "d", "machine": "m"})
-    assert "| teacher colbert-minilm re-ranking minilm's top 100 | 0.550 | 0.400 | 0.900 | 1.100 |" in text
+    assert "| teacher colbert-minilm re-ranking minilm's top 100 | 0.550 | 0.400 | 0.900 | 1.100 | - | - | - |" in text
+    assert "| de | 0.500 | 0.500 | 0.500 | 0.500 | no labels; 2 layers; teacher scores: minilm | 10 | 0 |" in text
+    assert "| colbert | 0.500 | 0.500 | 0.500 | 0.500 | no labels; 1 layer; teacher scores: colbert-minilm |" in text
+    assert "| labelled | 0.500 | 0.500 | 0.500 | 0.500 | labels; 2 layers; teacher scores: mpnet |" in text
