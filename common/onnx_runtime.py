@@ -95,11 +95,12 @@ class _DropPreprocessingHint(logging.Filter):
         return not record.getMessage().startswith("Please consider to run pre-processing before quantization")
 
 
-def quantize_int8(source: str | Path, target: str | Path, per_channel: bool = False) -> None:
+def quantize_int8(source: str | Path, target: str | Path, per_channel: bool = True) -> None:
     """Dynamic int8 quantisation of ``source`` into ``target`` (ONNX Runtime: int8 weights,
     activations quantised per batch at run time, so no calibration data is needed).
 
-    ``per_channel`` gives every output column of a weight matrix its own scale. On
+    ``per_channel`` (the default, for teachers and students alike) gives every output column of a
+    weight matrix its own scale. On
     all-MiniLM-L6-v2 it decides whether int8 is usable at all: 64 scifact documents' embeddings
     kept a mean cosine of 0.995 (min 0.992) to fp32 with it, 0.934 (min 0.903) with one scale per
     matrix, where a few large weights leave the rest only a handful of int8 steps.

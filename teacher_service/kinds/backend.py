@@ -204,7 +204,7 @@ def onnx_encoder(model: nn.Module, weights_fingerprint: str, precision: str, out
         # Per-channel weight scales (see quantize_int8: one scale per matrix lost MiniLM's ranking).
         fp32_path = path
         path = cached_graph({**settings, "precision": "int8", "per_channel": True},
-                            lambda target: quantize_int8(fp32_path, target, per_channel=True))
+                            lambda target: quantize_int8(fp32_path, target))
     session = make_session(path, threads or torch.get_num_threads(), spinning=not passive_waiting())
     return OnnxEncoder(session, model.config, outputs, sum(p.numel() for p in model.parameters()), path)
 

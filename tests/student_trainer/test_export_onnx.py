@@ -39,6 +39,12 @@ def test_export_writes_fp32_and_int8_graphs_that_rank_like_torch(tiny_student, m
     int8 = OnnxStudent(path, path / ONNX_INT8_FILE).encode_queries(texts)
     cos = (int8 * ours).sum(1) / np.linalg.norm(int8, axis=1) / np.linalg.norm(ours, axis=1)
     assert cos.min() > 0.9 and (path / ONNX_INT8_FILE).stat().st_size < (path / ONNX_FILE).stat().st_size
+    # Per-channel weight scales (one per output column), as the teachers' int8 graphs: one scale per
+    # matrix cost all-MiniLM-L6-v2 its ranking (common.onnx_runtime.quantize_int8).
+    import onnx
+
+    scales = [t for t in onnx.load(path / ONNX_INT8_FILE).graph.initializer if t.name.endswith("_scale") and t.dims]
+    assert scales and all(len(t.dims) == 1 and t.dims[0] > 1 for t in scales)
     reports = {}
     for backend in ("torch", "onnx", "onnx-int8"):
         out = tmp_path / f"{backend}.json"
