@@ -335,7 +335,7 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
         if block.get("rerankers"):
             lines += ["Teacher lines that re-rank: the pair-scoring teacher re-orders the DE teacher's first stage; their "
                       "'retained' is against the DE, so above 1 is what a student of that teacher could gain.", ""]
-        lines += _agreement_table(block["rows"])
+        lines += _agreement_table(block["rows"], block.get("split", "test"))
     commits: dict[str, list[str]] = {}
     for block in table.values():
         for e in block["rows"]:
@@ -356,13 +356,13 @@ def _short_commit(commit: str) -> str:
     return head[:12] + (f" {rest}" if rest else "")
 
 
-def _agreement_table(rows: list[dict[str, Any]]) -> list[str]:
+def _agreement_table(rows: list[dict[str, Any]], split: str = "test") -> list[str]:
     """The rows' agreement with their teacher, where the runs measured it (otherwise nothing)."""
     measured = [e for e in rows if e.get("agreement")]
     if not measured:
         return []
     keys = [k for k in AGREEMENT_COLUMNS if any(k in e["agreement"] for e in measured)]
-    lines = ["Agreement with the teacher on the test queries (top-10 lists, in-batch distributions, query embeddings):", "",
+    lines = [f"Agreement with the teacher on the {split} queries (top-10 lists, in-batch distributions, query embeddings):", "",
              "| row | " + " | ".join(AGREEMENT_COLUMNS[k] for k in keys) + " |", "|" + " --- |" * (len(keys) + 1)]
     for e in measured:
         lines.append(f"| {e['row']} | " + " | ".join(_cell(e["agreement"].get(k)) for k in keys) + " |")
