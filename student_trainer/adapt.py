@@ -115,10 +115,10 @@ def render(report: dict[str, Any]) -> str:
     """The report as Markdown: the plain-words headline, then the figures."""
     lines = ["# tightdistill adapt", "", *[f"* {line}" for line in headline(report)], ""]
     c = report["corpus"]
-    skipped = ", ".join(f"{n} {why}" for why, n in c["skipped"].items()) or "none"
+    skipped = ", ".join(f"{n} ({why})" for why, n in c["skipped"].items()) or "none"
     lines += [f"Corpus `{c['path']}`: {c['documents']:,} documents ({c['format']}), skipped: {skipped}. "
               f"Teacher `{report['teacher']['name']}` ({report['teacher']['checkpoint']}); student "
-              f"{report['student']['layers']} layers, {report['student']['parameters']:,} parameters "
+              f"{report['student']['layers']} layer{'s' * (report['student']['layers'] != 1)}, {report['student']['parameters']:,} parameters "
               f"(teacher {report['teacher']['parameters'] or 0:,}).", ""]
     t = report["training"]
     budget = f"{t['max_minutes']:g} min budget" if t["max_minutes"] else "no time budget"
