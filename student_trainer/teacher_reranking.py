@@ -9,7 +9,9 @@ with the split's qrels. An experiment table prints the figure beside the DE's ow
 before reading what they did gain.
 
 The figures are computed once per (dataset, split, teachers, depth) and kept in a JSON file beside
-the experiment's runs: run folders are reused the same way.
+the experiment's runs: run folders are reused the same way. The file is keyed on teacher names, not
+their checkpoints (reading a fingerprint would start Ray for every table): delete it after pointing
+a teacher name at another checkpoint.
 """
 
 from __future__ import annotations
