@@ -307,8 +307,8 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
         head = ["row"] + (["teacher"] if several else []) + ["nDCG@10", "MRR@10", "R@100", "retained (nDCG@10)"]
         head += [OPTIONAL_COLUMNS[key] for key in optional]
         if any(e.get("setting") for e in block["rows"]):
-            optional.append("setting")
-            head.append("student learned from")
+            optional += ["setting", "seeds"]
+            head += ["student learned from", "seeds"]
         head += ["steps", "train wall (s)"]
         lines += [f"## {dataset} ({block.get('split', 'test')}{how})", "", "| " + " | ".join(head) + " |",
                   "|" + " --- |" * len(head)]
@@ -328,7 +328,7 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
             label += " (carried over)" if e.get("carried") else ""
             cells = [label] + ([e.get("teacher", "-")] if several else [])
             cells += [_cell(e["nDCG@10"]), _cell(e["MRR@10"]), _cell(e["R@100"]), _cell(e["retained"])]
-            cells += [e.get(key) or "-" if key == "setting" else _cell(e.get(key)) for key in optional]
+            cells += [_text_cell(e, key) if key in ("setting", "seeds") else _cell(e.get(key)) for key in optional]
             cells += [str(e["steps"]), _cell(e["train_s"], 0)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
@@ -348,6 +348,13 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
                   "nor found their run folders; their commits are in the line above.", ""]
     lines.append("Mean ± sample standard deviation over seeds where a row ran with more than one.")
     return "\n".join(lines) + "\n"
+
+
+def _text_cell(entry: dict[str, Any], key: str) -> str:
+    value = entry.get(key)
+    if isinstance(value, list):
+        value = ", ".join(map(str, value))
+    return value or "-"
 
 
 def _short_commit(commit: str) -> str:
