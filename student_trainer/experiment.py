@@ -316,9 +316,10 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
             cells = [f"teacher {name}" if several else "teacher"] + ([name] if several else [])
             cells += [f"{t['nDCG@10']:.3f}", f"{t['MRR@10']:.3f}", f"{t['R@100']:.3f}", "1.000"]
             lines.append("| " + " | ".join(cells + ["-"] * len(optional) + ["-", "-"]) + " |")
-        de = next(iter(block["teachers"].values()), None)
         for label, m in block.get("rerankers", {}).items():
-            # Retained against the DE teacher: above 1 is what a student of this teacher could gain.
+            # Retained against the first stage it re-ranks: above 1 is what a student of this teacher
+            # could gain. (Figures stored before first_stage was recorded: the table's first teacher.)
+            de = block["teachers"].get(m.get("first_stage"), next(iter(block["teachers"].values()), None))
             cells = [f"teacher {label}"] + (["-"] if several else [])
             cells += [f"{m['nDCG@10']:.3f}", f"{m['MRR@10']:.3f}", f"{m['R@100']:.3f}",
                       f"{m['nDCG@10'] / de['nDCG@10']:.3f}" if de else "-"]

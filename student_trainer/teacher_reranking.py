@@ -93,7 +93,7 @@ def rerank_figures(run: RunConfig, evaluations: list[TeacherEvaluation], store: 
                 client = connect_teacher(run.teacher)
             reranked = measure_reranking(client, dataset, split, query_ids, ev, first, run.eval.k_values,
                                          run.eval.ignore_identical_ids, show_progress)
-            cached[label] = {"key": key, "metrics": dict(reranked.report.aggregate)}
+            cached[label] = {"key": key, "metrics": {**reranked.report.aggregate, "first_stage": first}}
             store.parent.mkdir(parents=True, exist_ok=True)
             store.write_text(json.dumps(cached, indent=2))
         out[label] = cached[label]["metrics"]
