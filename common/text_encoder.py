@@ -202,6 +202,21 @@ class TextEncoder(nn.Module):
         """Differentiable embeddings of a (small) list of texts in one forward pass."""
         return self(**self.collate(self.tokenize(texts)))
 
+    def embed_ids(self, ids: Sequence[Sequence[int]], token_budget: int | None = None) -> torch.Tensor:
+        """Differentiable embeddings ``[len(ids), dim]`` of tokenised texts, in input order.
+
+        With a ``token_budget`` the texts go through in length-sorted passes of at most that many
+        padded tokens (the embeddings are the same up to float rounding: padding is masked), so a
+        training step does not pay forward and backward for padding up to the batch's longest text."""
+        if token_budget is None or len(ids) < 2:
+            return self(**self.collate(ids))
+        passes = plan_batches([len(x) for x in ids], token_budget, len(ids))
+        if len(passes) == 1:
+            return self(**self.collate(ids))
+        parts = [self(**self.collate([ids[i] for i in index])) for index in passes]
+        inverse = torch.from_numpy(np.argsort(np.concatenate(passes))).to(self.device)
+        return torch.cat(parts)[inverse]
+
     def iter_batches(
         self,
         ids: Sequence[Sequence[int]],

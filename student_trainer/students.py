@@ -19,6 +19,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
+from common.batching import training_token_budget
 from common.config import StrictModel
 from common.scoring import similarity_fns
 from common.text_encoder import LayerSelection, TextEncoder
@@ -122,18 +123,21 @@ class DualEncoderStudent(nn.Module):
         """Query truncation in tokens (``StudentConfig.max_query_length``; a run resolves the default)."""
         return self.config.max_query_length or DEFAULT_QUERY_LENGTH
 
+    def _embed(self, texts: list[str], max_length: int) -> torch.Tensor:
+        """Projected embeddings (differentiable), in length-sorted passes within the device's training budget."""
+        enc = self.query_encoder
+        ids = enc.tokenize(texts, max_length)
+        return self.projection(enc.embed_ids(ids, training_token_budget(enc.device.type)))
+
     def embed_queries(self, texts: list[str]) -> torch.Tensor:
         """Projected query embeddings ``[n, teacher_dim]`` (differentiable)."""
-        enc = self.query_encoder
-        batch = enc.collate(enc.tokenize(texts, self.query_length))
-        return self.projection(enc(**batch))
+        return self._embed(texts, self.query_length)
 
     def embed_documents(self, texts: list[str]) -> torch.Tensor:
         """Projected document embeddings ``[n, teacher_dim]`` (symmetric students only)."""
         if self.asymmetric:
             raise RuntimeError("an asymmetric student does not encode documents: it uses the teacher's document index")
-        enc = self.query_encoder
-        return self.projection(enc(**enc.collate(enc.tokenize(texts, self.config.max_document_length))))
+        return self._embed(texts, self.config.max_document_length)
 
     @property
     def score_scale(self) -> float:

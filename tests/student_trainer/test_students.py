@@ -26,6 +26,36 @@ def test_frozen_embeddings_get_no_gradient_and_layers_still_train(tiny_bert_dir)
     assert trainable.query_encoder.model.embeddings.word_embeddings.weight.requires_grad
 
 
+def test_length_sorted_training_passes_give_the_one_pass_embeddings_and_gradients(tiny_bert_dir, monkeypatch):
+    """A training step's queries go through in length-sorted passes within a token budget; the
+    embeddings come back in input order, equal to one padded pass, and so do the gradients."""
+    import common.batching as batching
+
+    texts = ["short", "a much longer query about glaciers and the caves inside them " * 3, "vaccines",
+             "stocks fell sharply on tuesday after the report", "penguins", "ice " * 20]
+
+    def loss_and_grads(budget: int):
+        monkeypatch.setitem(batching.TRAINING_TOKEN_BUDGET, "cpu", budget)
+        torch.manual_seed(0)
+        student = DualEncoderStudent(StudentConfig(model=str(tiny_bert_dir), num_layers=1, asymmetric=False), teacher_dim=32)
+        emb = student.embed_queries(texts)
+        (emb * torch.arange(emb.numel(), dtype=emb.dtype).reshape(emb.shape)).sum().backward()  # order-sensitive
+        return emb.detach(), {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+
+    ids = DualEncoderStudent(StudentConfig(model=str(tiny_bert_dir), num_layers=1), teacher_dim=32).query_encoder.tokenize(texts, 64)
+    longest = max(len(x) for x in ids)
+    assert len(batching.plan_batches([len(x) for x in ids], longest + 1, len(ids))) > 2  # the small budget splits
+    one_emb, one_grads = loss_and_grads(10**6)
+    split_emb, split_grads = loss_and_grads(longest + 1)
+    torch.testing.assert_close(split_emb, one_emb, rtol=1e-5, atol=1e-6)
+    assert one_grads.keys() == split_grads.keys()
+    # Summation order differs between the passes: equal up to float rounding. Relative to each
+    # gradient's norm, with a floor for those that are zero in exact arithmetic (a key bias's).
+    floor = 1e-6 * max(float(g.norm()) for g in one_grads.values())
+    for name, grad in one_grads.items():
+        assert float((split_grads[name] - grad).norm()) <= 1e-4 * float(grad.norm()) + floor, name
+
+
 def test_joint_head_maps_each_query_with_its_positive(tiny_bert_dir):
     """Naive joint matching: the joint embedding of query i is W [q_i; d_(i * N/B)], the layout's positive."""
     config = StudentConfig(model=str(tiny_bert_dir), num_layers=1, asymmetric=False)
