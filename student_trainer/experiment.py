@@ -191,6 +191,8 @@ def collect_rows(experiment: ExperimentConfig, results: dict[tuple[str, str], li
                                       if all(k in m["agreement"] for m in ms)}
             entry["train_s"] = summarise([m["timings"]["train_s"] for m in ms])
             entry["steps"] = ms[0]["steps"]
+            # Seeds may train different step counts (a seeded dev split leaves a different number of training queries).
+            entry["steps_per_seed"] = [m["steps"] for m in ms]
             entry["runs"] = [m["run"] for m in ms]
             entry["commits"] = sorted({m.get("commit", "not recorded") for m in ms})
             entry["config_digest"] = ms[0].get("config_digest")
@@ -330,7 +332,7 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
             cells = [label] + ([e.get("teacher", "-")] if several else [])
             cells += [_cell(e["nDCG@10"]), _cell(e["MRR@10"]), _cell(e["R@100"]), _cell(e["retained"])]
             cells += [_text_cell(e, key) if key in ("setting", "seeds") else _cell(e.get(key)) for key in optional]
-            cells += [str(e["steps"]), _cell(e["train_s"], 0)]
+            cells += [" / ".join(str(n) for n in dict.fromkeys(e.get("steps_per_seed", [e["steps"]]))), _cell(e["train_s"], 0)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         if block.get("rerankers"):

@@ -17,7 +17,7 @@ from shared_runs import write_experiment_base
 def test_collect_rows_means_and_spreads_over_seeds():
     def metrics(ndcg: float, seed: int) -> dict:
         student = {"nDCG@10": ndcg, "MRR@10": ndcg / 2, "R@100": 0.9}
-        return {"run": f"r{seed}", "seed": seed, "steps": 10, "timings": {"train_s": 100.0 + seed},
+        return {"run": f"r{seed}", "seed": seed, "steps": 10 + seed, "timings": {"train_s": 100.0 + seed},
                 "metrics": {"teacher": {"nDCG@10": 0.5, "MRR@10": 0.4, "R@100": 1.0}, "student": student},
                 "retained": {"nDCG@10": ndcg / 0.5}}
 
@@ -29,6 +29,8 @@ def test_collect_rows_means_and_spreads_over_seeds():
     assert row["retained"]["mean"] == pytest.approx(0.7)
     assert row["train_s"]["mean"] == pytest.approx(101.5) and row["seeds"] == [1, 2]
     assert table["scifact"]["teachers"]["teacher"]["nDCG@10"] == 0.5  # metrics without a teacher name
+    # seeded dev splits leave the seeds different numbers of training queries: the table shows each count
+    assert row["steps_per_seed"] == [11, 12] and "| 11 / 12 |" in render_markdown(exp, table, {"command": "c", "commit": "x", "date": "d", "machine": "m"})
 
 
 def test_agreement_with_the_teacher_is_tabled_where_measured():
