@@ -76,6 +76,9 @@ class ExperimentConfig(StrictModel):
     seeds: list[int] = Field(default_factory=lambda: [13], min_length=1)
     set: dict[str, Any] = Field(default_factory=dict, description="Dotted overrides shared by every run.")
     rows: list[ExperimentRow] = Field(min_length=1)
+    compares_budgets: bool = Field(False, description=(
+        "Rows train for different step budgets on purpose (choosing how many epochs a recipe needs); otherwise every "
+        "row of a dataset must train for the same budget, so that the table compares recipes, not budgets."))
     teacher_evaluations: list[TeacherEvaluation] = Field(
         default_factory=list,
         description="Stronger (pair-scoring) teachers whose re-ranking of the DE's top documents each dataset's table shows "
