@@ -23,9 +23,9 @@ DEFAULT_TOKEN_BUDGET = {"cpu": 2048, "cuda": 65536}
 # Padded tokens per pass of a *training* step (forward and backward), by device type. A batch of
 # queries and pseudo-queries padded to its longest text is mostly padding (scifact, default run:
 # 1,448 real tokens in 3,328 padded), and the backward pass pays for it twice. Length-sorted passes
-# of 1,024 tokens made a 2-layer student's fp32 step 1.2-1.3x faster than one pass and 1.1x faster
-# than 2,048-token passes on this project's 2-core CPU (AMD EPYC; step profile of the default run's
-# batches); a GPU keeps one pass per step.
+# of 1,024 tokens made a 2-layer student's fp32 step 1.35x faster than one pass (bench/training_step.py,
+# the default run's kind of batches, this project's 2-core AMD EPYC) and about 1.1x faster than
+# 2,048-token passes; a GPU keeps one pass per step.
 TRAINING_TOKEN_BUDGET = {"cpu": 1024, "cuda": 65536}
 
 
