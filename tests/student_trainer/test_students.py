@@ -82,6 +82,34 @@ def test_optimizer_covers_every_trainable_parameter_joint_head_included(tiny_ber
     assert optimized == {id(p) for p in student.parameters() if p.requires_grad}
 
 
+def test_the_fused_optimizer_makes_the_loop_implementations_update(tiny_bert_dir):
+    """build_optimizer uses AdamW's fused kernel on a CPU; its steps equal the per-tensor loop's."""
+    run = RunConfig.model_validate({"student": {"model": str(tiny_bert_dir), "num_layers": 1}, "train": {"weight_decay": 0.01}})
+    students, optimizers = [], []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        student = build_student(run, {"dim": 32})
+        optimizer, _ = build_optimizer(student, run, total_steps=10)
+        if not fused:  # the reference: the same groups and settings, torch's per-tensor loop
+            groups = [{"params": g["params"], "lr": g["lr"]} for g in optimizer.param_groups]
+            optimizer = torch.optim.AdamW(groups, weight_decay=0.01, fused=False, foreach=False)
+            assert all(not g["fused"] and not g["foreach"] for g in optimizer.param_groups)
+        students.append(student)
+        optimizers.append(optimizer)
+    assert optimizers[0].defaults["fused"] is True
+    for step in range(3):
+        for student, optimizer in zip(students, optimizers):
+            torch.manual_seed(step)
+            optimizer.zero_grad()
+            student(["a query about glaciers", "vaccines"], 2, document_embeddings=torch.randn(2, 32)).scores.logsumexp(-1).mean().backward()
+            optimizer.step()
+    for (name, fused), (_, loop) in zip(students[0].named_parameters(), students[1].named_parameters()):
+        torch.testing.assert_close(fused, loop, rtol=1e-5, atol=1e-6, msg=name)
+    fresh = DualEncoderStudent(run.student, teacher_dim=32)
+    with torch.no_grad():  # they did move
+        assert any(float((p - q).abs().max()) > 0 for p, q in zip(students[0].parameters(), fresh.parameters()))
+
+
 def test_a_few_distillation_steps_bring_the_student_closer_to_its_teacher(tiny_bert_dir, minilm_dir, mini_beir, tmp_path):
     """The project's student and losses, in process, on a tiny real task: scifact queries with their
     relevant document and a random one, a teacher that is another random tiny BERT (seed 1, so
