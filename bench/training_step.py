@@ -32,6 +32,7 @@ from student_trainer.losses import DistillBatch, build_loss
 from student_trainer.train_loop import build_optimizer, build_student
 
 PHASES = ("forward", "loss", "backward", "clip", "optimizer")
+TEACHER_DIM = 384  # all-MiniLM-L6-v2's, the default run's teacher: the stand-in signals have its width
 ONE_PASS = 10**9  # a budget no batch reaches: one padded pass
 
 
@@ -56,7 +57,7 @@ def main() -> None:
     models = {}
     for name in variants:
         torch.manual_seed(0)  # the same initial student for both
-        student = build_student(run, {"dim": 384}).train()
+        student = build_student(run, {"dim": TEACHER_DIM}).train()
         models[name] = (student, build_optimizer(student, run, total_steps=10**6)[0])
     loss_fn = build_loss(run.train.losses)
     labels = DistillBatch.layout_labels(b, run.data.num_negatives)
@@ -65,8 +66,8 @@ def main() -> None:
     tokens = {"real": [], "padded_one_pass": []}
     for step in trange(a.steps + 3, desc="steps (each variant in turn)"):
         texts = list(rng.choice(queries, b)) + list(rng.choice(pseudo, n_extra))
-        doc_emb = torch.nn.functional.normalize(torch.randn(b * docs_per_query, 384), dim=-1)
-        teacher_q = torch.nn.functional.normalize(torch.randn(len(texts), 384), dim=-1)
+        doc_emb = torch.nn.functional.normalize(torch.randn(b * docs_per_query, TEACHER_DIM), dim=-1)
+        teacher_q = torch.nn.functional.normalize(torch.randn(len(texts), TEACHER_DIM), dim=-1)
         teacher_scores = torch.randn(b, b * docs_per_query)
         for name in (variants if step % 2 == 0 else reversed(list(variants))):  # alternate who goes first
             batching.TRAINING_TOKEN_BUDGET["cpu"] = variants[name]
