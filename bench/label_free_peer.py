@@ -140,18 +140,13 @@ def tightdistill_precision(precision: str) -> dict[str, str]:
 def peer_texts(run: RunConfig, result: RunResult, dataset: BeirDataset) -> tuple[list[str], list[str]]:
     """The texts tightdistill trained on: its training pseudo-queries, and the extra queries rebuilt
     exactly as ``run_distillation`` builds them (none unless ``data.extra_query_ratio`` > 0)."""
-    from student_trainer.extra_queries import build_extra_queries
-    from student_trainer.run import training_queries
+    from student_trainer.run import run_extra_queries, training_queries
 
     train = training_queries(result.run_dir / "data" / "train.parquet")
-    extra: list[str] = []
-    if run.data.extra_query_ratio > 0:
-        extra = build_extra_queries(run.data.extra_queries, dataset, train, run.data.extra_query_pool,
-                                    run.data.generated_per_query, run.train.seed, generator=run.data.generator,
-                                    noise=run.data.generator_noise, per_document=run.data.pseudo_queries_per_document)
-        expected = result.metrics.get("extra_queries", {}).get("pool")
-        if expected is not None and expected != len(extra):
-            print(f"warning: rebuilt {len(extra)} extra queries, the run used {expected}", file=sys.stderr)
+    extra = run_extra_queries(run, dataset, train)
+    expected = result.metrics.get("extra_queries", {}).get("pool")
+    if extra and expected is not None and expected != len(extra):
+        print(f"warning: rebuilt {len(extra)} extra queries, the run used {expected}", file=sys.stderr)
     return train, extra
 
 

@@ -11,7 +11,7 @@ queries with their qrels (never the test split; a label-free run never sees thes
 Losses as the run computes them: ``query_embedding`` (``embedding_distance(normalize=True)``,
 ``--loss l2``; ``--loss cos`` is ``1 - cos``, what the first probes used) plus ``--candidate-kl W``
 times ``candidate_kl`` over the teacher's top ``--top-k`` documents. Linear warm-up (10%) and decay,
-AdamW, frozen token embeddings, gradient clipping at 1, batches of ``--batch-size`` in a seeded
+AdamW, frozen token embeddings (unless `--train-embeddings`), gradient clipping at 1, batches of ``--batch-size`` in a seeded
 order. The teacher's embeddings are computed in bf16 where the CPU has it (a probe, not a figure
 to report: the run's own teacher labels the real thing).
 
@@ -49,6 +49,9 @@ def parse_args() -> argparse.Namespace:
                    help="teacher document embeddings parquet (default: the run's cache entry for the dataset)")
     p.add_argument("--pseudo-queries", type=int, default=16000)
     p.add_argument("--per-document", type=int, default=2)
+    p.add_argument("--questions", type=float, default=0.0, help="share of pseudo-queries phrased as questions (data.pseudo_question_share)")
+    p.add_argument("--train-embeddings", action="store_true", help="train the token embeddings too (student.freeze_embeddings: false)")
+    p.add_argument("--max-words", type=int, default=24, help="longest sentence or span drawn as a pseudo-query")
     p.add_argument("--layers", type=int, default=2, help="student layers (default: %(default)s)")
     p.add_argument("--layer-selection", choices=["first", "spread"], default="spread",
                    help="which of the teacher's layers the student keeps (student.layer_selection)")
@@ -122,11 +125,12 @@ def main() -> None:
     ds = load_beir(a.dataset)
     doc_ids, doc_emb = load_embeddings(a.doc_index or find_doc_index(a.dataset))
     index = DenseIndex.from_embeddings(doc_ids, doc_emb)
-    queries = corpus_pseudo_queries(ds, a.pseudo_queries, a.seed, per_document=a.per_document)
+    queries = corpus_pseudo_queries(ds, a.pseudo_queries, a.seed, max_words=a.max_words, per_document=a.per_document,
+                                    question_share=a.questions)
     dev_ids = ds.split_query_ids(a.dev_split)
     dev_texts = [ds.query_text[q] for q in dev_ids]
     qrels = ds.qrels(a.dev_split)
-    key = f"{a.dataset}-{a.pseudo_queries}-{a.per_document}-{a.seed}"
+    key = f"{a.dataset}-{a.pseudo_queries}-{a.per_document}-{a.max_words}-q{a.questions}-{a.seed}"
     targets = teacher_embeddings(queries, a.cache / f"{key}.npy")
     dev_teacher = teacher_embeddings(dev_texts, a.cache / f"{a.dataset}-{a.dev_split}.npy")
 
@@ -136,7 +140,7 @@ def main() -> None:
     teacher_ndcg = ndcg10(dev_teacher)
     print(json.dumps({"teacher_dev_ndcg10": round(teacher_ndcg, 4)}), flush=True)
 
-    student = DualEncoderStudent(StudentConfig(num_layers=a.layers, layer_selection=a.layer_selection, freeze_embeddings=True,
+    student = DualEncoderStudent(StudentConfig(num_layers=a.layers, layer_selection=a.layer_selection, freeze_embeddings=not a.train_embeddings,
                                                max_query_length=a.max_query_length), teacher_dim=doc_emb.shape[1])
     layers = f"{a.layers} ({a.layer_selection})"
     params = [p for p in student.parameters() if p.requires_grad]
@@ -194,7 +198,8 @@ def main() -> None:
                               "dev_query_cosine": round(cos, 4), "s_per_step": round(train_s / step, 3),
                               "layers": layers, "lr": a.lr, "loss": a.loss, "candidate_kl": a.candidate_kl,
                               "score_teacher": a.score_teacher, "target_tau": a.target_tau,
-                              "embedding_weight": a.embedding_weight}), flush=True)
+                              "embedding_weight": a.embedding_weight, "questions": a.questions,
+                              "train_embeddings": a.train_embeddings}), flush=True)
 
 
 if __name__ == "__main__":

@@ -137,6 +137,7 @@ class DataConfig(StrictModel):
     extra_query_pool: int = Field(20000, ge=1, description="Most pseudo-queries drawn from the corpus.")
     pseudo_queries: int = Field(4000, ge=8, description="Label-free runs (train_split: null): pseudo-queries drawn from the corpus and labelled by the teacher.")
     pseudo_queries_per_document: int = Field(1, ge=1, description="Sentence and span draws per document for corpus pseudo-queries (label-free training queries and extra_queries: corpus); more draws give a small corpus more distinct texts.")
+    pseudo_question_share: float = Field(0.0, ge=0.0, le=1.0, description="Share of the corpus pseudo-queries phrased as questions (a question word before a sentence or span, a question mark after): the student meets question forms no document text has.")
     max_train_queries: int | None = Field(None, ge=1, description="Cap on training queries (quick runs and tests).")
     max_eval_queries: int | None = Field(None, ge=1, description="Cap on evaluation queries (quick runs and tests).")
     refresh: NegativeRefreshConfig = Field(default_factory=NegativeRefreshConfig, description="Student-mined negatives refreshed during training (off by default).")

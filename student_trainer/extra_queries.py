@@ -17,13 +17,39 @@ from common.datasets import BeirDataset
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
 
+# Question openings for pseudo-queries phrased as questions: users ask search boxes questions, and
+# no sentence or span of a document reads like one.
+QUESTION_WORDS = ("what", "how", "why", "when", "who", "where", "which", "what is", "how does", "how many")
+
+
+def as_questions(texts: list[str], share: float, seed: int) -> list[str]:
+    """``texts`` with a seeded ``share`` of them phrased as questions: a question opening, the text
+    (first letter lower-cased), a question mark ("how a glacier cave is formed within the ice?").
+
+    Not grammar, and it need not be: the teacher labels whatever text the student sees, so these
+    only put question forms (wh-words, "?") into the input distribution the student learns the
+    teacher's query space on, where a query log of questions would."""
+    if share <= 0:
+        return list(texts)
+    rng = np.random.default_rng(seed)
+    out = []
+    for text in texts:
+        if rng.random() < share:
+            opening = QUESTION_WORDS[int(rng.integers(len(QUESTION_WORDS)))]
+            text = f"{opening} {text[:1].lower()}{text[1:].rstrip(' .!?')}?"
+        out.append(text)
+    return out
+
+
 def corpus_pseudo_queries(dataset: BeirDataset, max_queries: int, seed: int, min_words: int = 4,
-                          max_words: int = 24, per_document: int = 1) -> list[str]:
+                          max_words: int = 24, per_document: int = 1, question_share: float = 0.0) -> list[str]:
     """Up to ``max_queries`` distinct pseudo-queries: titles, sentences and word spans of documents.
 
     Each document gives its title and ``per_document`` draws of a sentence and of a word span
     (duplicates dropped): one draw each leaves a small corpus (cranfield's 1,400 abstracts) with
-    few distinct texts to learn the teacher's query space from; more draws multiply them."""
+    few distinct texts to learn the teacher's query space from; more draws multiply them.
+    ``question_share`` of them are then phrased as questions (:func:`as_questions`); the draws
+    themselves do not depend on it."""
     rng = np.random.default_rng(seed)
     titles = dataset.corpus.column("title").to_pylist()
     texts = dataset.corpus.column("text").to_pylist()
@@ -42,7 +68,7 @@ def corpus_pseudo_queries(dataset: BeirDataset, max_queries: int, seed: int, min
                 candidates.append(" ".join(words[start : start + length]))
     unique = list(dict.fromkeys(c for c in candidates if c))
     order = rng.permutation(len(unique))[:max_queries]
-    return [unique[i] for i in order]
+    return as_questions([unique[i] for i in order], question_share, seed + 1)
 
 
 def perturbed_queries(queries: list[str], per_query: int, seed: int, drop: float = 0.15, min_words: int = 3) -> list[str]:
@@ -79,11 +105,11 @@ def perturbed_queries(queries: list[str], per_query: int, seed: int, drop: float
 
 def build_extra_queries(kind: str, dataset: BeirDataset, train_queries: list[str], pool: int, per_query: int, seed: int,
                         generator: str | None = None, noise: float = 0.1, show_progress: bool = False,
-                        per_document: int = 1) -> list[str]:
+                        per_document: int = 1, question_share: float = 0.0) -> list[str]:
     """The run's extra-query pool for ``data.extra_queries`` = ``kind`` (at most ``pool`` of them;
-    ``per_document`` as in :func:`corpus_pseudo_queries`)."""
+    ``per_document`` and ``question_share`` as in :func:`corpus_pseudo_queries`)."""
     if kind == "corpus":
-        return corpus_pseudo_queries(dataset, pool, seed, per_document=per_document)
+        return corpus_pseudo_queries(dataset, pool, seed, per_document=per_document, question_share=question_share)
     if kind == "perturbed":
         out = perturbed_queries(train_queries, per_query, seed)
     elif kind == "generated":

@@ -307,7 +307,8 @@ def prepare_examples(run: RunConfig, dataset: BeirDataset, client: TeacherClient
     split = split_queries(dataset, run.data, run.train.seed)
     if run.data.train_split is None:
         queries = corpus_pseudo_queries(dataset, run.data.pseudo_queries, run.train.seed,
-                                        per_document=run.data.pseudo_queries_per_document)
+                                        per_document=run.data.pseudo_queries_per_document,
+                                        question_share=run.data.pseudo_question_share)
         if run.data.query_log is not None:  # real queries without their labels: the teacher labels them too
             logged = [dataset.query_text[q] for q in dataset.split_query_ids(run.data.query_log)]
             queries = list(dict.fromkeys(logged + queries))
@@ -328,6 +329,16 @@ def prepare_examples(run: RunConfig, dataset: BeirDataset, client: TeacherClient
 def training_queries(examples: Path) -> list[str]:
     """The distinct training queries of the examples file (what perturbed / generated extra queries start from)."""
     return list(dict.fromkeys(pq.read_table(examples, columns=["query"]).column("query").to_pylist()))
+
+
+def run_extra_queries(run: RunConfig, dataset: BeirDataset, train_queries: list[str], show_progress: bool = False) -> list[str]:
+    """The run's extra queries for embedding matching (none unless ``data.extra_query_ratio`` > 0)."""
+    if run.data.extra_query_ratio <= 0:
+        return []
+    data = run.data
+    return build_extra_queries(data.extra_queries, dataset, train_queries, data.extra_query_pool, data.generated_per_query,
+                               run.train.seed, data.generator, data.generator_noise, show_progress,
+                               data.pseudo_queries_per_document, data.pseudo_question_share)
 
 
 def user_facing_training_error(error: BaseException) -> BaseException:
@@ -557,9 +568,7 @@ def run_distillation(run: RunConfig, address: str | None = None, show_progress: 
     t = time.perf_counter()
     examples, num_examples = prepare_examples(run, dataset, client, doc_index, held_out)
     train_queries = training_queries(examples)
-    extra = (build_extra_queries(run.data.extra_queries, dataset, train_queries, run.data.extra_query_pool,
-                                 run.data.generated_per_query, run.train.seed, run.data.generator, run.data.generator_noise,
-                                 show_progress, run.data.pseudo_queries_per_document) if run.data.extra_query_ratio > 0 else [])
+    extra = run_extra_queries(run, dataset, train_queries, show_progress)
     timings["examples_s"] = time.perf_counter() - t
 
     query_length = resolve_query_length(run.student.model, run.student.max_query_length, info["max_query_length"],

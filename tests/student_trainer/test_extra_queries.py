@@ -102,3 +102,19 @@ def test_more_draws_per_document_give_more_distinct_pseudo_queries_from_the_corp
     corpus = " ".join(corpus.split())
     assert all(" ".join(q.split()) in corpus for q in four)  # titles, sentences and spans, verbatim up to whitespace
     assert len(corpus_pseudo_queries(dataset, 50, seed=3, per_document=4)) == 50
+
+
+def test_a_share_of_pseudo_queries_is_phrased_as_questions_over_the_same_draws(mini_beir):
+    from common.datasets import load_beir
+    from student_trainer.extra_queries import QUESTION_WORDS, build_extra_queries, corpus_pseudo_queries
+
+    dataset = load_beir(mini_beir)
+    plain = corpus_pseudo_queries(dataset, 10**6, seed=3, per_document=4)
+    asked = corpus_pseudo_queries(dataset, 10**6, seed=3, per_document=4, question_share=0.5)
+    assert len(asked) == len(plain) and corpus_pseudo_queries(dataset, 10**6, seed=3, per_document=4, question_share=0.0) == plain
+    questions = [(p, a) for p, a in zip(plain, asked) if a != p]
+    assert 0.3 * len(plain) < len(questions) < 0.7 * len(plain)
+    for p, a in questions:  # an opening, the same text lower-cased at its start, one question mark
+        assert a in {f"{opening} {p[:1].lower()}{p[1:].rstrip(' .!?')}?" for opening in QUESTION_WORDS}
+    assert build_extra_queries("corpus", dataset, [], pool=10**6, per_query=1, seed=3, per_document=4,
+                               question_share=0.5) == asked
