@@ -377,11 +377,14 @@ def _cell(value: Any) -> str:
 
 
 def run_benchmark(args: argparse.Namespace) -> int:
+    from common.provenance import code_commit
+
     runs = plan_runs(args)
+    started = {"commit": code_commit(), "date": time.strftime("%Y-%m-%d %H:%M")}  # the code the runs start from
     rows = [compare(run, not args.no_progress) for run in tqdm(runs, desc="datasets", unit="dataset",
                                                                disable=len(runs) < 2 or args.no_progress)]
     payload = {"issue": "#24 item 2 (peer baseline)", "config": str(args.config), "overrides": args.overrides,
-               "seed": runs[0].train.seed, "cpu": cpu_bf16(), "rows": rows}
+               "seed": runs[0].train.seed, **started, "cpu": cpu_bf16(), "rows": rows}
     print()
     print_table(table_rows(rows), COLUMNS)
     for line in conditions(payload):

@@ -84,6 +84,12 @@ class ExperimentConfig(StrictModel):
         description="Stronger (pair-scoring) teachers whose re-ranking of the DE's top documents each dataset's table shows "
                     "beside the DE: what the students could gain (student_trainer/teacher_reranking.py).")
 
+    peer_baselines: list[Path] = Field(
+        default_factory=list,
+        description="Result files (JSON) of bench/label_free_peer.py: each dataset's table shows their peer figure (the plain "
+                    "sentence-transformers MSELoss recipe on the same texts, initialisation and wall time as a tightdistill run "
+                    "made in the same invocation) beside the rows, with that run's figure and the ratio.")
+
     @model_validator(mode="after")
     def _unique_rows(self) -> ExperimentConfig:
         names = [r.name for r in self.rows]
@@ -144,10 +150,13 @@ def set_aside_stale(run: RunConfig) -> Path | None:
 
 def config_digest(run: RunConfig) -> str:
     """What a table cell was trained with: the run config without what every cell differs in
-    (its name, output folder and seed). A carried cell must have been trained with today's row."""
+    (its name, output folder and seed). A carried cell must have been trained with today's row.
+
+    Only values that differ from their defaults count, so that an option added later, left at a
+    default that keeps the old behaviour, does not make every carried cell of every table stale."""
     import hashlib
 
-    config = json.loads(run.model_dump_json())
+    config = json.loads(run.model_dump_json(exclude_defaults=True))
     config.pop("name", None)
     config.pop("output_dir", None)
     config.get("train", {}).pop("seed", None)
@@ -283,6 +292,41 @@ def add_teacher_reranking(experiment: ExperimentConfig, table: dict[str, Any], r
                 block["rerankers"] = old_tables[dataset]["rerankers"]
 
 
+def add_peer_baselines(experiment: ExperimentConfig, table: dict[str, Any]) -> None:
+    """Each dataset's ``peers``: the rows of the experiment's ``peer_baselines`` files on it, as
+    measured (the bench trains its own tightdistill run beside the peer; neither is a cell here)."""
+    for path in experiment.peer_baselines:
+        if not path.is_file():
+            raise ConfigError(f"peer_baselines: {path} not found (write it with bench/label_free_peer.py)")
+        payload = json.loads(path.read_text())
+        for r in payload.get("rows", []):
+            block = table.get(r["dataset"])
+            if block is None:
+                continue
+            student = r["student"]
+            block.setdefault("peers", []).append({
+                "file": str(path), "seed": payload.get("seed"), "commit": payload.get("commit"), "date": payload.get("date"),
+                "layers": student["num_layers"], "teacher_nDCG@10": r["teacher"]["nDCG@10"],
+                "peer": {k: r["peer"][k] for k in ("nDCG@10", "retained", "train_s", "steps")},
+                "tightdistill": {k: r["tightdistill"][k] for k in ("nDCG@10", "retained", "train_s", "steps")},
+                "ratio": r["ratio"]})
+
+
+def _peer_lines(peers: list[dict[str, Any]], columns: int) -> list[str]:
+    lines = []
+    for p in peers:
+        peer, td = p["peer"], p["tightdistill"]
+        where = ", ".join(x for x in (f"seed {p['seed']}" if p.get("seed") is not None else "", p.get("date") or "",
+                                      _short_commit(p["commit"]) if p.get("commit") else "") if x)
+        label = (f"peer baseline: sentence-transformers MSELoss, {p['layers']}-layer student, no labels, same texts, "
+                 f"initialisation and wall time as tightdistill's run beside it ({td['nDCG@10']:.3f}, {td['steps']} steps; "
+                 f"tightdistill / peer **{p['ratio']:.3f}**; `{p['file']}`{', ' + where if where else ''})")
+        cells = [label, f"{peer['nDCG@10']:.3f}", "-", "-", f"{peer['retained']:.3f}"]
+        cells += ["-"] * (columns - len(cells) - 2) + [str(peer["steps"]), f"{peer['train_s']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def _teacher_name(metrics: dict[str, Any]) -> str:
     return metrics.get("teacher", {}).get("name", "teacher")
 
@@ -337,6 +381,7 @@ def render_markdown(experiment: ExperimentConfig, table: dict[str, Any], meta: d
             cells += [_text_cell(e, key) if key in ("setting", "seeds") else _cell(e.get(key)) for key in optional]
             cells += [" / ".join(str(n) for n in dict.fromkeys(e.get("steps_per_seed", [e["steps"]]))), _cell(e["train_s"], 0)]
             lines.append("| " + " | ".join(cells) + " |")
+        lines += _peer_lines(block.get("peers", []), len(head))
         lines.append("")
         if block.get("rerankers"):
             lines += ["Teacher lines that re-rank: the pair-scoring teacher re-orders the DE teacher's first stage; their "
@@ -423,6 +468,7 @@ def run_experiment(experiment: ExperimentConfig, argv: list[str], only: list[str
                   file=sys.stderr, flush=True)
     add_settings(table, everything)
     add_teacher_reranking(experiment, table, {d: run for _, d, _, run in everything}, old_tables, address)
+    add_peer_baselines(experiment, table)
     out = {"experiment": experiment.name, **meta, "tables": table}
     previous.write_text(json.dumps(out, indent=2))
     (experiment.results_dir / f"{experiment.name}.md").write_text(render_markdown(experiment, table, meta))

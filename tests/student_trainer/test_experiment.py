@@ -231,6 +231,54 @@ def test_cells_trained_with_another_config_are_not_carried():
     assert dropped == ["b on d1", "c on d1"]
 
 
+def test_an_option_added_at_its_default_keeps_carried_cells_current(tmp_path, mini_beir):
+    """A new option left at a default that keeps the old behaviour is not another config: the
+    digest a cell was recorded with still matches; setting the option otherwise changes it."""
+    from pydantic import create_model
+
+    from student_trainer.config import DataConfig
+    from student_trainer.experiment import config_digest
+
+    fields = {"name": "r", "output_dir": str(tmp_path), "data": {"dataset": str(mini_beir)}}
+    today = RunConfig.model_validate(fields)
+    data_later = create_model("DataLater", __base__=DataConfig, new_option=(int, 0))
+    later = create_model("RunLater", __base__=RunConfig, data=(data_later, data_later()))
+    assert config_digest(later.model_validate(fields)) == config_digest(today)
+    assert config_digest(later.model_validate({**fields, "data": {**fields["data"], "new_option": 2}})) != config_digest(today)
+    assert config_digest(RunConfig.model_validate({**fields, "data": {**fields["data"], "pseudo_queries": 9}})) != config_digest(today)
+
+
+def test_peer_baselines_from_the_bench_show_beside_the_rows(tmp_path):
+    """bench/label_free_peer.py's result file (its format, two datasets) gives each dataset's table
+    a peer line: the peer's figure, its retained share, its steps and wall time, and the
+    tightdistill run it was measured beside with the ratio; a dataset it has no row for gets none."""
+    from student_trainer.experiment import add_peer_baselines
+
+    def bench_row(dataset: str, peer: float, td: float) -> dict:
+        side = {"nDCG@10": peer, "retained": peer / 0.6, "untrained_nDCG@10": 0.3, "train_s": 300.4, "steps": 1400}
+        return {"dataset": dataset, "student": {"model": "minilm-l6", "num_layers": 2, "layer_selection": "spread"},
+                "teacher": {"name": "minilm", "nDCG@10": 0.6}, "peer": side,
+                "tightdistill": {**side, "nDCG@10": td, "retained": td / 0.6, "steps": 1000}, "ratio": td / peer}
+
+    peers = tmp_path / "label_free_peer.json"
+    peers.write_text(json.dumps({"seed": 13, "commit": "0123456789abcdef", "date": "2026-12-07 21:00",
+                                 "rows": [bench_row("d1", 0.54, 0.57), bench_row("elsewhere", 0.5, 0.5)]}))
+    exp = ExperimentConfig(name="x", base=Path("b.yaml"), datasets=["d1", "d2"], rows=[ExperimentRow(name="a")],
+                           peer_baselines=[peers])
+    run = {"run": "r", "seed": 13, "steps": 1000, "timings": {"train_s": 1.0},
+           "metrics": {"teacher": {"nDCG@10": 0.6, "MRR@10": 0.4, "R@100": 1.0}, "student": {"nDCG@10": 0.57, "MRR@10": 0.5, "R@100": 0.9}}}
+    table = collect_rows(exp, {("a", "d1"): [run], ("a", "d2"): [run]})
+    add_peer_baselines(exp, table)
+    md = render_markdown(exp, table, {"command": "c", "commit": "h", "date": "d", "machine": "m"})
+    d1, d2 = md.split("## d2")
+    line = next(x for x in d1.splitlines() if x.startswith("| peer baseline"))
+    assert "(0.570, 1000 steps; tightdistill / peer **1.056**;" in line and "seed 13, 2026-12-07 21:00, 0123456789ab" in line
+    assert line.endswith("| 0.540 | - | - | 0.900 | 1400 | 300 |") and "peer baseline" not in d2
+    exp.peer_baselines = [tmp_path / "missing.json"]
+    with pytest.raises(ConfigError, match="missing.json not found"):
+        add_peer_baselines(exp, table)
+
+
 def test_the_untrained_student_gets_a_column_where_runs_measured_it():
     def metrics(ndcg: float, untrained: float | None) -> dict:
         systems = {"teacher": {"nDCG@10": 0.5, "MRR@10": 0.4, "R@100": 1.0},
