@@ -261,6 +261,14 @@ def run_setting(run: RunConfig) -> str:
     return f"{labels}; {layers}; teacher scores: {' + '.join(scorers)}"
 
 
+def in_file_order(table: dict[str, Any], datasets: list[str]) -> dict[str, Any]:
+    """``table``'s datasets in the experiment file's order, whichever of them this command ran
+    (cells carried from the previous table come in after the ones it ran); datasets the file no
+    longer lists go last."""
+    order = [d for d in datasets if d in table] + [d for d in table if d not in datasets]
+    return {d: table[d] for d in order}
+
+
 def add_settings(table: dict[str, Any], everything: list) -> None:
     """Every row's ``setting`` (:func:`run_setting`), carried rows included: they were trained with
     today's config of their row (``carry_over`` checks the digest)."""
@@ -466,6 +474,7 @@ def run_experiment(experiment: ExperimentConfig, argv: list[str], only: list[str
         if dropped:
             print(f"not carried from the previous table (trained with another config of the row): {', '.join(dropped)}",
                   file=sys.stderr, flush=True)
+    table = in_file_order(table, experiment.datasets)
     add_settings(table, everything)
     add_teacher_reranking(experiment, table, {d: run for _, d, _, run in everything}, old_tables, address)
     add_peer_baselines(experiment, table)

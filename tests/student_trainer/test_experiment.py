@@ -211,6 +211,13 @@ def test_rows_neither_run_nor_on_disk_are_carried_from_the_previous_table():
     assert "| a: A (carried over) |" in markdown and "| b: B |" in markdown
 
 
+def test_tables_keep_the_files_dataset_order_whichever_cells_ran():
+    from student_trainer.experiment import in_file_order
+
+    ran_second_first = {"d2": {"rows": []}, "old": {"rows": []}, "d1": {"rows": []}}
+    assert list(in_file_order(ran_second_first, ["d1", "d2"])) == ["d1", "d2", "old"]
+
+
 def test_cells_trained_with_another_config_are_not_carried():
     """An edited row (or base recipe) makes the previous table's cells of that row stale: carried,
     they would show another recipe's figures under today's row."""
