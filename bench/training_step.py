@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import trange
 
 import common.batching as batching
-from benchlib import cpu_bf16, machine, print_table, write_result
+from benchlib import cpu_bf16, print_table, write_result
 from common.datasets import load_beir
 from student_trainer.config import load_run_config
 from student_trainer.extra_queries import corpus_pseudo_queries
@@ -90,8 +90,8 @@ def main() -> None:
             if step >= 3:
                 for phase, dt in zip(PHASES, np.diff(t)):
                     times[name][phase].append(float(dt))
-        if step >= 3:
-            lengths = [len(x) for x in models[name][0].query_encoder.tokenize(texts, 64)]
+        if step >= 3:  # both variants see the same texts: count their tokens once
+            lengths = [len(x) for x in next(iter(models.values()))[0].query_encoder.tokenize(texts, 64)]
             tokens["real"].append(sum(lengths))
             tokens["padded_one_pass"].append(len(lengths) * max(lengths))
     rows = []
@@ -106,9 +106,8 @@ def main() -> None:
     print(f"{a.steps} steps per variant, {a.precision}, {a.threads} threads; real tokens per batch "
           f"{statistics.mean(tokens['real']):.0f}, padded in one pass {statistics.mean(tokens['padded_one_pass']):.0f}")
     print_table(rows, ["encoding", *[f"{p}_ms" for p in PHASES], "step_ms", "speedup"])
-    write_result("training_step", {"benchmark": "training_step", "machine": machine(), "cpu_bf16": cpu_bf16(),
-                                   "args": vars(a), "tokens": {k: statistics.mean(v) for k, v in tokens.items()},
-                                   "rows": rows})
+    write_result("training_step", {"cpu_bf16": cpu_bf16(), "args": vars(a),  # write_result adds the machine
+                                   "tokens": {k: statistics.mean(v) for k, v in tokens.items()}, "rows": rows})
 
 
 if __name__ == "__main__":
