@@ -24,8 +24,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from common.datasets import DataError
     from common.model_registry import ModelNotFoundError
     from common.ray_runtime import RayConnectError
-    from student_trainer.teacher_signals import TeacherUnavailable
-    from student_trainer.train_loop import CheckpointError
+    from student_trainer.errors import CheckpointError, TeacherUnavailable
     from teacher_service.errors import TeacherServiceError
 
     return (ConfigError, DataError, ModelNotFoundError, RayConnectError, FileNotFoundError,

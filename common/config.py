@@ -7,9 +7,13 @@ file is an error that names the key and the file, never a silently ignored setti
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+# Which of an encoder's transformer layers a cut keeps (common.text_encoder.kept_layer_indices): here,
+# not beside the code, so that configs load without importing torch.
+LayerSelection = Literal["first", "spread"]
 
 T = TypeVar("T", bound=BaseModel)
 

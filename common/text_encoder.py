@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from common.batching import default_token_budget, plan_batches
+from common.config import LayerSelection
 from common.model_registry import resolve_model
 from common.pooling import get_pooler
 
@@ -86,9 +87,6 @@ def read_st_meta(model_dir: Path) -> SentenceTransformersMeta:
     if st_cfg.is_file():
         max_length = json.loads(st_cfg.read_text()).get("max_seq_length")
     return SentenceTransformersMeta(pooling=pooling, normalize=normalize, max_length=max_length)
-
-
-LayerSelection = Literal["first", "spread"]
 
 
 def kept_layer_indices(total: int, num_layers: int, selection: LayerSelection = "first") -> list[int]:

@@ -118,9 +118,10 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def train_command(args: argparse.Namespace) -> int:
     from student_trainer.config import load_run_config
+
+    run = load_run_config(args.config, parse_overrides(args.overrides))  # a bad config fails before the heavy imports
     from student_trainer.run import run_distillation
 
-    run = load_run_config(args.config, parse_overrides(args.overrides))
     result = run_distillation(run, address=args.address, show_progress=not args.no_progress)
     print_summary(result.metrics)
     print(f"run folder: {result.run_dir}")

@@ -12,9 +12,51 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from common.config import ConfigError, StrictModel, load_config, parse_config
+from common.config import ConfigError, LayerSelection, StrictModel, load_config, parse_config
 from student_trainer.score_calibration import Calibration
-from student_trainer.students import DEFAULT_SCORE_SCALE, StudentConfig
+
+# A student built outside a run (where the limit is resolved from the data) reads queries this long.
+DEFAULT_QUERY_LENGTH = 64
+# 1 / 0.25, TCT-ColBERT's teacher temperature: the scale of a student without a tempered loss to tie it to.
+DEFAULT_SCORE_SCALE = 4.0
+
+
+class StudentConfig(StrictModel):
+    """What the student is and how it scores."""
+
+    model: str = Field("minilm-l6", description="Encoder to start from: registry name, local directory or hub id.")
+    num_layers: int | None = Field(2, ge=1, description="Keep k of the encoder's transformer layers (None: all).")
+    layer_selection: LayerSelection = Field("first", description=(
+        "Which k layers: 'first' (layers 0..k-1, as the papers' students) or 'spread' (evenly spaced, first to last; "
+        "one layer: the last). 'spread' keeps the layer that shapes the teacher's output space, which a student "
+        "copying the teacher's embeddings without labels needs (deploy/label-free.yaml)."))
+    pooling: Literal["cls", "mean"] | None = Field(None, description="Pooling; default: the checkpoint's.")
+    normalize: bool | None = Field(None, description="L2-normalise embeddings; default: the checkpoint's.")
+    asymmetric: bool = Field(True, description="Inherit the teacher's document embeddings; train only a query encoder.")
+    projection: Literal["auto", "always", "none"] = Field(
+        "auto", description="Linear map to the teacher's dimension: 'auto' adds one when the dimensions differ.")
+    projection_init: Literal["least_squares", "random"] = Field("least_squares", description=(
+        "Start of a projection between different widths: 'least_squares' fits it before training (ridge "
+        "regression of the teacher's query embeddings on the student's, student_trainer/projection_fit.py); "
+        "'random' leaves torch's initialisation. A projection between equal widths starts as the identity."))
+    projection_fit_queries: int = Field(4096, ge=2, description="Training and extra queries (at most) the fit uses.")
+    similarity: Literal["dot", "cosine"] = Field("dot", description="Student score function (match the teacher's).")
+    score_scale: float | None = Field(None, gt=0, description=(
+        "Multiplier on the student's similarity to make the logits of the softmax/sigmoid losses (one-hot, in-batch "
+        "KL, score BCE); Margin-MSE and score MSE match the unscaled similarity. Normalised embeddings give "
+        "similarities in [-1, 1], too flat a softmax without a scale. Default (None): tied to the run's teacher "
+        "temperature, 1/tau of train.losses.in_batch_kl (else of score_bce), so that the in-batch KL is zero exactly "
+        "when the student's similarity equals the teacher's score; 4.0 (TCT's 1/0.25) in a run with neither."))
+    freeze_embeddings: bool = Field(False, description=(
+        "Keep the (teacher-initialised) token embeddings frozen: they hold most of a small student's "
+        "parameters, and their dense gradient and optimizer update dominate a 2-layer step's cost."))
+    max_query_length: int | None = Field(None, ge=4, description=(
+        "Query truncation, in tokens. Default (None): from the data, the longest training or evaluation query, at "
+        "most what the teacher reads (student_trainer/query_length.py); a student built outside a run reads "
+        f"{DEFAULT_QUERY_LENGTH}."))
+    max_document_length: int = Field(256, ge=4, description="Document truncation (symmetric students).")
+
+
 
 DEFAULT_LOSSES: dict[str, dict[str, Any]] = {
     "in_batch_kl": {"weight": 1.0, "tau": 0.25, "gamma": 0.1},

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from common.scoring import similarity_fns
+from student_trainer.errors import TeacherUnavailable
 from student_trainer.score_calibration import calibrate, combine
 from student_trainer.teacher_index import DocEmbeddings
 from teacher_service.client import Arrays, ResultFuture, TeacherClient
@@ -53,10 +54,6 @@ def as_tensor(x: np.ndarray) -> torch.Tensor:
     """A tensor over ``x``; arrays straight from Ray's object store are read-only, and torch
     needs a writable buffer, so those (only those) are copied."""
     return torch.from_numpy(np.require(x, requirements="W"))
-
-
-class TeacherUnavailable(RuntimeError):
-    """The teacher did not answer within the configured time, retries included."""
 
 
 @functools.cache

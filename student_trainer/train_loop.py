@@ -31,6 +31,7 @@ from common.text_encoder import training_autocast
 from student_trainer.agreement_monitor import AgreementMonitor, kl_temperature
 from student_trainer.candidates import CandidateBuilder
 from student_trainer.config import RunConfig
+from student_trainer.errors import CheckpointError
 from student_trainer.examples import epoch_batches
 from student_trainer.losses import DistillBatch, build_loss, kl_teacher_student
 from student_trainer.negative_refresh import NegativeRefresher, TrainingQueries
@@ -42,10 +43,6 @@ from student_trainer.time_budget import TrainingClock, budget_schedule
 from teacher_service.client import TeacherClient
 
 CHECKPOINT_FILES = ("student.pt", "optimizer.pt", "scheduler.pt", "state.json")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint exists but cannot be used; never silently restart from step 0."""
 
 
 def to_train_batch(rows: dict[str, np.ndarray], num_negatives: int, extra: list[str]) -> TrainBatch:

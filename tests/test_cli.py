@@ -73,3 +73,15 @@ def test_the_real_command_exits_2_with_one_line_on_stderr(tmp_path):
                          capture_output=True, text=True, timeout=120)
     one_clear_line(out.returncode, out.stderr, f"{bad}: unknown key 'train.epochz'")
     assert out.stdout == ""
+
+
+def test_a_config_error_is_reported_before_the_heavy_imports(tmp_path):
+    """A typo in a run config is told at once: torch and transformers are not imported for it
+    (with Ray Train and Serve they took 7.7 s of a 2-core CPU before the error line)."""
+    bad = tmp_path / "run.yaml"
+    bad.write_text("name: x\ntrain:\n  epochz: 3\n")
+    code = ("import sys; from common.cli import main; rc = main(['train', '--config', sys.argv[1]]); "
+            "print(rc, *[m for m in ('torch', 'transformers') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code, str(bad)], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["2"], out.stdout + out.stderr
+    assert "unknown key 'train.epochz'" in out.stderr
