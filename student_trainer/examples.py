@@ -1,4 +1,5 @@
-"""Training examples: (query, positive, hard negatives) rows, written as parquet for Ray Data.
+"""Training examples: (query, positive, hard negatives) rows, written as parquet (each Train
+worker takes its shard of the table).
 
 Negatives are mined once from a first-stage ranking (the teacher's own, from its document index
 and its query embeddings fetched through the service, or BM25's for teachers without one) or
