@@ -23,6 +23,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # worker is noticed that much sooner, on each of the suite's few dozen Train runs. A missed poll
 # is awaited at the next one, as with the default. Set before Ray starts, so its actors inherit it.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+# Ray exports the service's Prometheus metrics this often (default 10 s): the metrics test waits
+# for its own requests' counts to show up on the endpoint.
+os.environ.setdefault("RAY_metrics_report_interval_ms", "2000")
 
 from net import free_port  # noqa: E402 - after the environment above
 from tiny_checkpoints import save_tiny_bert  # noqa: E402
@@ -47,13 +50,13 @@ def tiny_bert_dir(tmp_path_factory: pytest.TempPathFactory, minilm_dir: Path) ->
 def ray_session():
     """The one Ray instance of the test session (logical CPUs so Serve and Train both fit)."""
     import ray
-    from ray import serve
 
     from common.ray_runtime import init_ray
 
     init_ray(num_cpus=8)
     yield
-    serve.shutdown()
+    # No serve.shutdown(): deleting every app replica by replica took 5-7 s, and stopping the
+    # session's local Ray instance ends the Serve controller, proxy and replicas with it.
     ray.shutdown()
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from net import delete_app
 from reliability_helpers import deploy_own_app
 
 
@@ -15,8 +16,6 @@ def own_app(http_port: int) -> Iterator[Callable[..., dict[str, Any]]]:
     """Deploy a teacher app of this module's own (distinct name and route prefix) in the shared Ray
     session; every app it deployed is deleted when the module's tests end, pass or fail (one
     deployment serves all the module's tests that use it)."""
-    from ray import serve
-
     deployed: list[str] = []
 
     def make(app_name: str, teachers: list[dict[str, Any]], limits: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -25,4 +24,4 @@ def own_app(http_port: int) -> Iterator[Callable[..., dict[str, Any]]]:
 
     yield make
     for name in deployed:
-        serve.delete(name)
+        delete_app(name)

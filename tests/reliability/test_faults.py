@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from net import delete_app
 from reliability_helpers import (
     checkpoint_step,
     checkpoint_steps,
@@ -44,10 +45,8 @@ STEPS = 16
 
 @pytest.fixture(scope="module")
 def faults_app(http_port, tiny_bert_dir):
-    from ray import serve
-
     yield deploy_own_app(APP, [tiny_spec(tiny_bert_dir)], http_port)
-    serve.delete(APP)
+    delete_app(APP)
 
 
 def test_frozen_teacher_ends_the_wait_after_timeout_s(faults_app):

@@ -14,7 +14,7 @@ from reliability_helpers import burst, tiny_spec
 
 # Every request waits this long in the replica's batcher (its token budget is never reached), so
 # a request holds the replica's single slot for a known time without burning CPU.
-HOLD_S = 1.5
+HOLD_S = 1.0
 TEXTS = ["how are glacier caves formed?"]
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from net import delete_app
 from ray import serve
 from ray.exceptions import ActorUnavailableError
 
@@ -67,7 +68,7 @@ def first_connect(serve_config: Path) -> Iterator[dict[str, Any]]:
         deploys = spy_on_deploy(mp)
         client = connect_teacher(ref(serve_config))
     yield {"client": client, "deploys": deploys}
-    serve.delete(APP)
+    delete_app(APP)
 
 
 @pytest.fixture

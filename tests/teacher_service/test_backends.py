@@ -22,6 +22,7 @@ from common.onnx_runtime import row_cosines
 from teacher_service.kinds import ONNX_KINDS, build_teacher
 from teacher_service.kinds.backend import OnnxEncoder, auto_candidates, calibration_texts
 from teacher_service.spec import ServiceConfig, TeacherSpec
+from net import delete_app
 from tiny_checkpoints import DUAL_META, save_cross_encoder
 
 APP = "backends"
@@ -119,8 +120,6 @@ def test_bad_combinations_are_refused_by_the_spec(fields, message):
 
 
 def test_onnx_teacher_serves_through_the_real_app(http_port, tiny_bert_dir):
-    from ray import serve
-
     from teacher_service.app import deploy
     from teacher_service.client import TeacherClient
 
@@ -136,7 +135,7 @@ def test_onnx_teacher_serves_through_the_real_app(http_port, tiny_bert_dir):
             np.testing.assert_allclose(client.encode(TEXTS, "document", teacher="tiny-onnx"),
                                        local.encode(TEXTS, "document").pooled, rtol=1e-4, atol=1e-5)
     finally:
-        serve.delete(APP)
+        delete_app(APP)
     assert onnx_runtime.exports_written <= written + 2  # fp32 and int8 at most, once each
 
 
