@@ -166,6 +166,8 @@ def test_client_install_brings_no_heavy_package():
 
 
 def test_command_line_on_a_client_only_install_says_what_to_install():
+    """Without torch and Ray (the base install), --help still works (it needs neither) and a
+    command that would run says what to install."""
     script = (
         "import sys\n"
         "class Blocker:\n"
@@ -174,9 +176,13 @@ def test_command_line_on_a_client_only_install_says_what_to_install():
         "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
         "sys.meta_path.insert(0, Blocker())\n"
         "from common.cli import main\n"
-        "sys.exit(main(['train', '--help']))\n"
+        "sys.exit(main(sys.argv[1:]))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    helped = subprocess.run([sys.executable, "-c", script, "train", "--help"], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert helped.returncode == 0 and "usage: tightdistill train" in helped.stdout, helped.stderr
+    proc = subprocess.run([sys.executable, "-c", script, "train", "--config", "deploy/default.yaml"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "pip install 'tightdistill[all]'" in proc.stderr
     assert "Traceback" not in proc.stderr
