@@ -40,8 +40,8 @@ def init_ray(address: str | None = None, num_cpus: float | None = None, **kwargs
     # default run's training from 188 to 203-204 s: the job, where both share the cores, wins.
     # Set before Ray starts: its worker processes inherit the environment and OpenMP reads it on start.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    # Ray's CPUs are logical scheduling units. A teacher replica, Train workers and Ray Train's
-    # own actors each hold some; on a 2-core laptop their sum exceeds the physical count and
+    # Ray's CPUs are logical scheduling units. Teacher replicas and Train workers each hold some;
+    # on a 2-core laptop their sum exceeds the physical count and
     # one of them would wait forever, so the embedded instance declares at least 4.
     if num_cpus is None:
         num_cpus = max(4, os.cpu_count() or 1)

@@ -57,7 +57,6 @@ class StudentConfig(StrictModel):
     max_document_length: int = Field(256, ge=4, description="Document truncation (symmetric students).")
 
 
-
 DEFAULT_LOSSES: dict[str, dict[str, Any]] = {
     "in_batch_kl": {"weight": 1.0, "tau": 0.25, "gamma": 0.1},
     "query_embedding": {"weight": 1.0},
