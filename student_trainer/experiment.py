@@ -251,13 +251,16 @@ def carry_over(previous: dict[str, Any], table: dict[str, Any], experiment: Expe
 
 
 def run_setting(run: RunConfig) -> str:
-    """What a row's student learned from, in a few words: labels or not, layers, whose scores."""
+    """What a row's student learned from, in a few words: labels or not, layers, whose scores
+    (none where no loss term uses the teacher's scores)."""
+    from student_trainer.losses import TEACHER_SCORE_LOSSES
+
     if run.data.train_split is not None:
         labels = "labels"
     else:
         labels = "no labels, query log" if run.data.query_log else "no labels"
     layers = "all layers" if run.student.num_layers is None else f"{run.student.num_layers} layer{'s' * (run.student.num_layers > 1)}"
-    scorers = [m.name for m in run.teacher.members() if m.weight > 0]
+    scorers = [m.name for m in run.teacher.members() if m.weight > 0] if TEACHER_SCORE_LOSSES & set(run.train.losses) else ["none"]
     return f"{labels}; {layers}; teacher scores: {' + '.join(scorers)}"
 
 

@@ -20,7 +20,7 @@ The maths of each loss is a plain tensor function (``in_batch_kl``, ``margin_mse
 
 from student_trainer.losses.batch import SCOPES, DistillBatch, Scope
 from student_trainer.losses.candidate_kl import CandidateKLLoss, candidate_kl
-from student_trainer.losses.combined import LOSSES, CombinedLoss, build_loss
+from student_trainer.losses.combined import LOSSES, TEACHER_SCORE_LOSSES, CombinedLoss, build_loss
 from student_trainer.losses.embedding_matching import (
     DocumentEmbeddingMatchingLoss,
     JointEmbeddingMatchingLoss,
@@ -35,6 +35,7 @@ from student_trainer.losses.score_regression import ScoreBCELoss, ScoreMSELoss, 
 __all__ = [
     "LOSSES",
     "SCOPES",
+    "TEACHER_SCORE_LOSSES",
     "CandidateKLLoss",
     "CombinedLoss",
     "DistillBatch",

@@ -34,6 +34,9 @@ LOSSES: dict[str, type[nn.Module]] = {
     "joint_embedding": JointEmbeddingMatchingLoss,
     "candidate_kl": CandidateKLLoss,
 }
+# The terms that learn from the teacher's scores; the embedding-matching ones learn from its
+# embeddings and one-hot from the labels alone.
+TEACHER_SCORE_LOSSES = frozenset({"in_batch_kl", "margin_mse", "score_mse", "score_bce", "candidate_kl"})
 
 
 class CombinedLoss(nn.Module):

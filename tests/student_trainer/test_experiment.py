@@ -299,3 +299,16 @@ def test_the_untrained_student_gets_a_column_where_runs_measured_it():
     assert table["scifact"]["rows"][0]["untrained nDCG@10"]["mean"] == 0.125 and "untrained nDCG@10" not in table["scifact"]["rows"][1]
     markdown = render_markdown(exp, table, {"command": "c", "commit": "k", "date": "d", "machine": "m"})
     assert "| untrained student nDCG@10 |" in markdown and "| a | 0.300 | 0.300 | 0.900 | - | 0.125 | 10 | 1 |" in markdown
+
+
+def test_the_setting_says_no_teacher_scores_where_no_loss_uses_them():
+    """A row trained on the labels alone (one-hot) must not read as if a teacher's scores taught it."""
+    from student_trainer.experiment import run_setting
+
+    base = {"teacher": {"teacher": "minilm"}, "data": {"dataset": "scifact"}}
+    labels_only = RunConfig.model_validate({**base, "train": {"losses": {"onehot": {"weight": 1.0}}}})
+    distilled = RunConfig.model_validate({**base, "train": {"losses": {"in_batch_kl": {}, "query_embedding": {}}}})
+    matched = RunConfig.model_validate({**base, "train": {"losses": {"query_embedding": {}}}})
+    assert run_setting(labels_only) == "labels; 2 layers; teacher scores: none"
+    assert run_setting(distilled) == "labels; 2 layers; teacher scores: minilm"
+    assert run_setting(matched) == "labels; 2 layers; teacher scores: none"  # its embeddings only
